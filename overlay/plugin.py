@@ -1,5 +1,32 @@
-"""SGLang general-plugin entry point (placeholder until the overlay lands)."""
+"""SGLang general-plugin entry point (``sglang.srt.plugins: nwor_scv``).
+
+SGLang calls ``register()`` first thing in every process (engine, scheduler, TP
+workers). It only registers hooks: idempotent, reads no feature switches (those
+are read on first use), and on an SGLang release it does not know it registers
+nothing and logs one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("sglang_nwor_scv")
+_registered = False
 
 
 def register() -> None:
-    return None
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from sglang_nwor_scv.versions import UnsupportedVersion, adapter_for, installed_sglang_version
+
+    try:
+        adapter = adapter_for(installed_sglang_version())
+    except UnsupportedVersion as e:
+        logger.warning("%s", e)
+        return
+    from sglang_nwor_scv import hooks
+
+    hooks.register_all(adapter)
+    logger.info("sglang-nwor-scv hooks registered for sglang %s", adapter.VERSION)

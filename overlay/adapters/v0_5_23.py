@@ -1,0 +1,31 @@
+"""Hook sites in SGLang 0.5.23 (wheel == upstream python/sglang).
+
+Every upstream target string lives here; the hook bodies (sglang_nwor_scv.hooks)
+are version-agnostic. Each entry: What / Why, in the comment beside it.
+"""
+
+VERSION = "0.5.23"
+
+TARGETS = {
+    # What: bracket every TARGET_VERIFY forward of the target model.
+    # Why: opens a fresh stage (a stage from an aborted step can never be committed)
+    # and closes it when the forward returns, checking every layer was staged.
+    "model_forward": "sglang.srt.model_executor.model_runner.ModelRunner.forward",
+    # What: the Triton backend's single KV write site (forward_extend, ~l.1722/1735).
+    # Why: in TARGET_VERIFY the rows are staged instead of written; attention reads
+    # draft rows from the dense k/v, the prefix from the pool, so skipping is safe.
+    "stage_kv": "sglang.srt.layers.attention.triton_backend.TritonAttnBackend._set_kv_buffer",
+    # What: called right after acceptance by EAGLE/STANDALONE (eagle_worker_common
+    # ~l.736) and NGRAM (ngram_worker ~l.487) with accept_lens and accept_index.
+    # Why: the natural commit site: acceptance is known, nothing has read the pool yet.
+    "after_accept": "sglang.srt.speculative.spec_utils.commit_mamba_states_after_verify",
+    # What: copies the accepted tree path to the front of the verify window.
+    # Why: NWOR commits straight to the final slots, so this copy must not run
+    # (it would copy rows that were never written).
+    "accept_move": "sglang.srt.speculative.spec_utils.move_accept_tokens_to_target_kvcache",
+}
+
+# Upstream names the hooks read (attributes, not code): kept here so a release that
+# renames them fails one test instead of silently disabling the plugin.
+TRITON_BACKEND = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
+MHA_POOL = "sglang.srt.mem_cache.memory_pool.MHATokenToKVPool"

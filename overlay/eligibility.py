@@ -1,0 +1,35 @@
+"""Decide once per model runner whether NWOR may stage its verify K/V.
+
+Ineligible configurations run upstream code untouched; the reason is logged once.
+Each rule says why it exists (see docs/design.md for the full list).
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def nwor_refusal(model_runner) -> str | None:
+    """None when NWOR can run on this runner, else the reason it cannot."""
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    backend = getattr(model_runner, "attn_backend", None)
+    pool = getattr(model_runner, "token_to_kv_pool", None)
+    if getattr(model_runner, "is_draft_worker", False):
+        return "draft model runner (only the target model's verify is staged)"
+    if type(backend) is not TritonAttnBackend:
+        # FlashInfer/FA3 read the draft rows back from the pool during verify.
+        return (f"attention backend {type(backend).__name__} reads verify rows from the "
+                "KV pool; NWOR supports attention_backend='triton' only")
+    if type(pool) is not MHATokenToKVPool:
+        return f"KV pool {type(pool).__name__} (only MHATokenToKVPool is supported)"
+    if getattr(pool, "is_quantized_kv_cache", False):
+        return "FP4-quantized KV cache (block scales are written beside the rows)"
+    if getattr(backend, "enable_deterministic", False):
+        return "deterministic inference (its unified kernel reads verify rows from the pool)"
+    if getattr(backend, "dcp_size", 1) != 1:
+        return "decode context parallelism (masked per-rank KV writes)"
+    return None

@@ -1,0 +1,109 @@
+"""HookRegistry glue: wraps the adapter's upstream targets with the call sites.
+
+Hook bodies are version-agnostic and thin: each forwards to sglang_nwor_scv.sites,
+which the versioned patches call too. What / Why for every target is in the
+adapter table (sglang_nwor_scv.adapters.v0_5_*).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from sglang_nwor_scv import sites
+
+logger = logging.getLogger("sglang_nwor_scv")
+
+
+def around_model_forward(original, self, forward_batch, *args, **kwargs):
+    if not forward_batch.forward_mode.is_target_verify():
+        return original(self, forward_batch, *args, **kwargs)
+    sites.begin_verify_forward(self, forward_batch)
+    ok = False
+    try:
+        out = original(self, forward_batch, *args, **kwargs)
+        ok = True
+        return out
+    finally:
+        sites.end_verify_forward(self, forward_batch, ok)
+
+
+def around_stage_kv(original, self, forward_batch, layer, loc_info, k, v,
+                    k_scale=None, v_scale=None, *args, **kwargs):
+    if sites.stage_kv(self, forward_batch, layer, k, v, k_scale, v_scale):
+        return None
+    return original(self, forward_batch, layer, loc_info, k, v, k_scale, v_scale,
+                    *args, **kwargs)
+
+
+def around_after_accept(original, target_worker, batch, accept_lens, accept_index,
+                        draft_token_num, *args, **kwargs):
+    sites.commit_after_accept(target_worker, batch, accept_lens, accept_index,
+                              draft_token_num)
+    return original(target_worker, batch, accept_lens, accept_index, draft_token_num,
+                    *args, **kwargs)
+
+
+def around_accept_move(original, batch, *args, **kwargs):
+    if not sites.accept_move_needed(batch):
+        return None
+    return original(batch, *args, **kwargs)
+
+
+def around_fused_kv_gate(original, forward_batch, *args, **kwargs):
+    if not sites.fused_kv_write_allowed(forward_batch):
+        return False
+    return original(forward_batch, *args, **kwargs)
+
+
+HOOKS = {
+    "model_forward": around_model_forward,
+    "stage_kv": around_stage_kv,
+    "after_accept": around_after_accept,
+    "accept_move": around_accept_move,
+    "fused_kv_gate": around_fused_kv_gate,
+}
+
+
+def register_all(adapter) -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    for name, target in adapter.TARGETS.items():
+        HookRegistry.register(target, HOOKS[name], HookType.AROUND)
+    sites.set_wiring_check(lambda: applied(adapter))
+
+
+def resolve(target: str):
+    """Import ``a.b.c.Class.attr`` (longest importable module prefix) and return it."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import any module prefix of {target}")
+
+
+def wraps_hook(obj, hook) -> bool:
+    """True when ``obj`` is (a chain of) HookRegistry wrappers containing ``hook``."""
+    while obj is not None:
+        cells = getattr(obj, "__closure__", None) or ()
+        if any(getattr(c, "cell_contents", None) is hook for c in cells):
+            return True
+        obj = getattr(obj, "__wrapped__", None)
+    return False
+
+
+def applied(adapter) -> set[str]:
+    """Names of the adapter's sites whose upstream target really carries our hook."""
+    out = set()
+    for name, target in adapter.TARGETS.items():
+        try:
+            if wraps_hook(resolve(target), HOOKS[name]):
+                out.add(name)
+        except Exception:  # a missing target is reported by the caller
+            logger.debug("NWOR/SCV: cannot resolve %s", target, exc_info=True)
+    return out

@@ -1,0 +1,62 @@
+"""Prometheus counters for NWOR/SCV, in SGLang's registry, created lazily.
+
+Counters count raw events once, where they happen; ratios (writes avoided %) are
+derived when read (PromQL or ``summary()``). The root row of each request's
+verify window (the bonus token of the previous step, whose K/V verify computes)
+is counted in both staged and committed. Values are accumulated on the device
+and copied to the host once per log interval, so the step itself never syncs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+_NAMES = {
+    "staged": ("sglang:nwor_tokens_staged", "Verify tokens whose K/V NWOR staged"),
+    "committed": ("sglang:nwor_tokens_committed", "Staged tokens written to the KV pool"),
+    "bytes_saved": ("sglang:nwor_kv_bytes_not_written", "KV bytes of rejected rows never written"),
+    "flushed": ("sglang:nwor_stages_flushed", "Stages written whole (upstream behaviour) as a fallback"),
+    "violations": ("sglang:nwor_invariant_violations", "Invariant checks that failed (debug mode)"),
+    "scv_kernel": ("sglang:scv_fused_verify_steps", "Verify steps accepted by the fused SCV kernel"),
+    "scv_graph": ("sglang:scv_graph_replays", "SCV verify steps replayed from a CUDA graph"),
+    "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),
+}
+
+
+class Metrics:
+    """Totals for one process; exported to Prometheus when SGLang runs with metrics."""
+
+    def __init__(self) -> None:
+        self.totals = {k: 0 for k in _NAMES}
+        self._counters = None
+
+    def _prom(self):
+        if self._counters is None:
+            self._counters = {}
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                try:
+                    from prometheus_client import Counter
+
+                    self._counters = {k: Counter(n, d) for k, (n, d) in _NAMES.items()}
+                except Exception:  # never let metrics break serving
+                    logger.exception("NWOR/SCV: could not create Prometheus counters")
+        return self._counters
+
+    def add(self, **deltas: int) -> None:
+        prom = self._prom()
+        for k, d in deltas.items():
+            if d:
+                self.totals[k] += int(d)
+                if k in prom:
+                    prom[k].inc(int(d))
+
+    def summary(self) -> str:
+        t = self.totals
+        pct = 100.0 * (t["staged"] - t["committed"]) / t["staged"] if t["staged"] else 0.0
+        return (f"NWOR: staged {t['staged']}, committed {t['committed']}, rejected writes "
+                f"avoided {pct:.1f}%, KV bytes not written {t['bytes_saved']}, "
+                f"flushed {t['flushed']}, violations {t['violations']}; SCV: fused "
+                f"{t['scv_kernel']}, graph {t['scv_graph']}, fallbacks {t['scv_fallback']}")

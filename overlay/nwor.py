@@ -1,0 +1,101 @@
+"""NWOR: stage the target model's verify K/V, then commit only accepted rows.
+
+One ``VerifyStage`` lives for exactly one TARGET_VERIFY forward of one model
+runner. It holds references to the K/V tensors the forward already produced (no
+copy, no extra DRAM write) and is either committed once, after acceptance, or
+flushed whole (the upstream behaviour) when anything does not line up. A stage
+that is neither is dropped when the next verify forward opens a new one, so a
+step that failed between staging and commit can never leak into a later step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StagedLayer:
+    k: torch.Tensor  # [T, H, Dk], any token/head strides
+    v: torch.Tensor  # [T, H, Dv]
+    k_scale: object = None
+    v_scale: object = None
+
+
+@dataclass
+class VerifyStage:
+    """K/V of one verify forward, held instead of written to ``pool``."""
+
+    pool: object  # MHATokenToKVPool of the target model
+    out_cache_loc: torch.Tensor  # [bs * N] int64: the verify window's slots
+    num_layers: int
+    layers: dict[int, StagedLayer] = field(default_factory=dict)
+    closed: bool = False  # the forward returned normally
+
+    @property
+    def rows(self) -> int:
+        return int(self.out_cache_loc.numel())
+
+    def add(self, layer_id: int, k, v, k_scale=None, v_scale=None) -> None:
+        if layer_id in self.layers:
+            raise RuntimeError(f"NWOR: layer {layer_id} staged twice in one verify forward")
+        if k.shape[0] != self.rows or v.shape[0] != self.rows:
+            raise RuntimeError(
+                f"NWOR: layer {layer_id} staged {k.shape[0]} rows, window has {self.rows}")
+        self.layers[layer_id] = StagedLayer(k, v, k_scale, v_scale)
+
+    @property
+    def complete(self) -> bool:
+        return self.closed and len(self.layers) == self.num_layers
+
+    def _tables(self):
+        ids = sorted(self.layers)
+        start = getattr(self.pool, "start_layer", 0) or 0
+        staged = [self.layers[i] for i in ids]
+        k_dst = [self.pool.k_buffer[i - start] for i in ids]
+        v_dst = [self.pool.v_buffer[i - start] for i in ids]
+        k_src = [s.k.view(self.rows, -1, k_dst[0].shape[-1]) for s in staged]
+        v_src = [s.v.view(self.rows, -1, v_dst[0].shape[-1]) for s in staged]
+        scales = [s.k_scale for s in staged], [s.v_scale for s in staged]
+        if all(x is None for x in scales[0] + scales[1]):
+            scales = None, None
+        return k_src, v_src, k_dst, v_dst, scales
+
+    def commit(self, src_rows: torch.Tensor, dst_slots: torch.Tensor,
+               committed: torch.Tensor | None = None) -> None:
+        """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers."""
+        from sglang_nwor_scv.kernels.commit_kv import commit_accepted_kv
+
+        k_src, v_src, k_dst, v_dst, (k_scales, v_scales) = self._tables()
+        commit_accepted_kv(k_src, v_src, k_dst, v_dst, src_rows, dst_slots,
+                           k_scales=k_scales, v_scales=v_scales, committed=committed,
+                           kv_dtype=self.pool.dtype)
+
+    def flush_all(self) -> None:
+        """Write every staged row to its own slot: exactly what upstream would have done."""
+        rows = torch.arange(self.rows, device=self.out_cache_loc.device, dtype=torch.int64)
+        self.commit(rows, self.out_cache_loc.to(torch.int64))
+
+
+def commit_list_from_acceptance(accept_index: torch.Tensor, accept_lens: torch.Tensor,
+                                out_cache_loc: torch.Tensor, draft_token_num: int):
+    """The NWOR commit list, fixed shape [bs * D] each (D = accept_index.shape[1]).
+
+    Entry ``b*D+i`` for ``i < accept_lens[b]``: source verify row ``accept_index[b, i]``
+    (flat over the bs*N window), destination ``out_cache_loc[b*N + i]``: the accepted
+    path goes straight to the front of the request's window, where upstream's
+    ``move_accept_tokens_to_target_kvcache`` would have moved it (chains: src == own
+    slot). Other entries are -1. Plain torch, no host sync; the SCV kernel
+    (kernels/verify_accept.py) emits the same list from inside acceptance.
+    """
+    bs, depth = accept_index.shape
+    window = out_cache_loc.view(bs, draft_token_num)[:, :depth].to(torch.int64)
+    step = torch.arange(depth, device=accept_index.device)
+    valid = step.unsqueeze(0) < accept_lens.unsqueeze(1).to(step.dtype)
+    src = torch.where(valid, accept_index.to(torch.int64), -1)
+    dst = torch.where(valid, window, -1)
+    return src.flatten(), dst.flatten()

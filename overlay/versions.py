@@ -1,0 +1,41 @@
+"""Which SGLang releases the plugin knows, and the adapter for each.
+
+The version is matched exactly: hook sites move between releases, and a hook on a
+moved site would do nothing (SGLang only logs hook failures). An unknown version
+gets no hooks and one warning, unless SGLANG_NWOR_SCV_FORCE_VERSION names the
+adapter to try (for development builds).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
+
+SUPPORTED = {"0.5.23": "v0_5_23", "0.5.17": "v0_5_17"}
+
+
+class UnsupportedVersion(RuntimeError):
+    pass
+
+
+def installed_sglang_version() -> str | None:
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return None
+
+
+def adapter_for(ver: str | None) -> ModuleType:
+    """The adapter module for ``ver``; raises UnsupportedVersion with the reason."""
+    forced = os.environ.get("SGLANG_NWOR_SCV_FORCE_VERSION")
+    key = forced or ver
+    if key not in SUPPORTED:
+        raise UnsupportedVersion(
+            f"sglang {ver or '(not installed)'} is not supported by sglang-nwor-scv "
+            f"(supported: {', '.join(sorted(SUPPORTED))}); speculative decoding runs "
+            "upstream code unmodified. Set SGLANG_NWOR_SCV_FORCE_VERSION=<supported "
+            "version> to try an adapter anyway."
+        )
+    return importlib.import_module(f"sglang_nwor_scv.adapters.{SUPPORTED[key]}")

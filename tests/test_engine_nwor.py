@@ -1,0 +1,79 @@
+"""The real SGLang 0.5.23 engine with speculative decoding, plugin off vs on.
+
+Each case starts real engines (CPU: Triton interpreter + tests/cpu_shims) and
+checks: greedy outputs identical token for token; every verify step staged all
+verify rows and committed exactly sum(accept_lens); verify-window rows were
+poisoned before the forward and the rejected ones still hold the poison; no pool
+row outside the commit list changed (debug mode checks, recorded per step).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.engine_run import run_engine
+from tools.make_tiny_models import encode
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = [
+    "The old miller watched",
+    "A quiet river crossed the long road. The grey fox",
+    "Seven stones",
+]
+
+
+def _check_steps(run, expect_rows_per_req: int):
+    assert run.steps, "the plugin recorded no verify step"
+    for s in run.steps:
+        assert s["ok"], s
+        assert s["staged"] == s["verify_rows"] == s["bs"] * expect_rows_per_req, s
+        assert s["committed"] == s["accepted"], s
+        assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
+    # Partial acceptance really happened: some rows were rejected and never written.
+    assert sum(s["staged"] - s["committed"] for s in run.steps) > 0
+
+
+@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-chain", "standalone-chain", "standalone-tree"])
+def test_outputs_identical_and_invariants(spec, tiny_models):
+    prompts = [encode(p) for p in PROMPTS]
+    off = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True)
+    assert off.outputs == on.outputs
+    assert all(len(o) > 0 for o in on.outputs)
+    assert not off.steps, "plugin-off run must not stage anything"
+    _check_steps(on, expect_rows_per_req=4)
+    # The engine's own accept counts match what the plugin committed.
+    engine_accepted = sum(m["completion_tokens"] for m in on.meta)
+    committed = sum(s["committed"] for s in on.steps)
+    assert committed <= engine_accepted + len(prompts) * 4  # last step may overshoot max tokens
+    assert on.accept_length == pytest.approx(off.accept_length)
+
+
+def test_batch_size_one_and_single_prompt(tiny_models):
+    prompts = [encode("The lantern keeper mended")]
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, max_new_tokens=16)
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=16)
+    assert off.outputs == on.outputs
+    _check_steps(on, expect_rows_per_req=4)
+
+
+def test_unsupported_backend_runs_unmodified(tiny_models, capfd):
+    prompts = [encode(p) for p in PROMPTS[:2]]
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False,
+                     attention_backend="torch_native")
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
+                    attention_backend="torch_native")
+    assert off.outputs == on.outputs
+    assert not on.steps
+    err = capfd.readouterr().err
+    assert "NWOR disabled for this model runner" in err and "TorchNativeAttnBackend" in err
+
+
+def test_nwor_off_switch(tiny_models):
+    prompts = [encode(PROMPTS[0])]
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
+                    extra_env={"SGLANG_NWOR_MODE": "off"})
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
+    assert on.outputs == off.outputs
+    assert not on.steps

@@ -1,0 +1,127 @@
+"""Run the real SGLang engine with speculative decoding, plugin on or off.
+
+One place that knows how to start an ``sglang.Engine`` for the tiny model pair
+(tools/make_tiny_models.py) on the CPU or a GPU, so the demo, the CPU tests and
+the GPU harness all drive the engine the same way.
+
+Plugin on/off is chosen with SGLang's own ``SGLANG_PLUGINS`` whitelist, so "off"
+is upstream SGLang untouched. On a host without CUDA the test-only shims in
+tests/cpu_shims are put on PYTHONPATH and whitelisted (they say what they replace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_SHIMS = REPO / "tests" / "cpu_shims"
+PLUGIN_NAME = "nwor_scv"
+SHIM_PLUGIN_NAME = "cpu_test_shims"
+
+# name -> speculative server args (the draft path is filled in by engine_kwargs)
+SPEC_CONFIGS = {
+    "ngram-tree": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
+                       speculative_ngram_max_bfs_breadth=4),
+    "ngram-chain": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
+                        speculative_ngram_max_bfs_breadth=1),
+    "standalone-chain": dict(speculative_algorithm="STANDALONE", speculative_num_steps=3,
+                             speculative_eagle_topk=1, speculative_num_draft_tokens=4),
+    "standalone-tree": dict(speculative_algorithm="STANDALONE", speculative_num_steps=2,
+                            speculative_eagle_topk=2, speculative_num_draft_tokens=4),
+}
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def prepare_process_env(plugin_on: bool, extra_env: dict | None = None) -> dict:
+    """Set the environment the engine's subprocesses inherit; returns the old values."""
+    cpu = not has_cuda()
+    names = ([SHIM_PLUGIN_NAME] if cpu else []) + ([PLUGIN_NAME] if plugin_on else [])
+    env = {"SGLANG_PLUGINS": ",".join(names) or "none"}
+    if cpu:
+        env["TRITON_INTERPRET"] = "1"
+        path = os.environ.get("PYTHONPATH", "")
+        if str(CPU_SHIMS) not in path.split(os.pathsep):
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CPU_SHIMS), path) if p)
+        if str(CPU_SHIMS) not in sys.path:
+            sys.path.insert(0, str(CPU_SHIMS))
+    env.update(extra_env or {})
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return old
+
+
+def restore_env(old: dict) -> None:
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def engine_kwargs(spec: str, models: Path, **overrides) -> dict:
+    cpu = not has_cuda()
+    kw = dict(
+        model_path=str(models / "target"), attention_backend="triton",
+        skip_tokenizer_init=True, grammar_backend="none", sampling_backend="pytorch",
+        max_running_requests=16, log_level="warning", random_seed=0,
+        mem_fraction_static=0.5,
+    )
+    if cpu:
+        kw.update(device="cpu", dtype="float32", disable_cuda_graph=True,
+                  max_total_tokens=8192, mem_fraction_static=0.3)
+    kw.update(SPEC_CONFIGS[spec])
+    if kw["speculative_algorithm"] == "STANDALONE":
+        kw["speculative_draft_model_path"] = str(models / "draft")
+    kw.update(overrides)
+    return kw
+
+
+@dataclass
+class EngineRun:
+    spec: str
+    plugin_on: bool
+    outputs: list[list[int]]
+    meta: list[dict]
+    steps: list[dict] = field(default_factory=list)  # per-verify-step plugin records
+
+    @property
+    def accept_length(self) -> float:
+        verify = sum(m.get("spec_verify_ct", 0) for m in self.meta)
+        tokens = sum(m.get("completion_tokens", 0) for m in self.meta)
+        return tokens / verify if verify else float("nan")
+
+
+def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: bool,
+               max_new_tokens: int = 24, extra_env: dict | None = None,
+               sampling: dict | None = None, **overrides) -> EngineRun:
+    """Start an engine, generate greedily for ``prompts`` (byte ids), shut it down."""
+    import sglang as sgl
+
+    stats = Path(tempfile.mkstemp(prefix="nwor-scv-steps-", suffix=".jsonl")[1])
+    env = {"SGLANG_NWOR_SCV_STEP_LOG": str(stats), "SGLANG_NWOR_SCV_DEBUG": "1"}
+    env.update(extra_env or {})
+    old = prepare_process_env(plugin_on, env)
+    try:
+        engine = sgl.Engine(**engine_kwargs(spec, models, **overrides))
+        try:
+            params = {"temperature": 0.0, "max_new_tokens": max_new_tokens}
+            params.update(sampling or {})
+            out = engine.generate(input_ids=prompts, sampling_params=params)
+        finally:
+            engine.shutdown()
+    finally:
+        restore_env(old)
+    steps = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+    stats.unlink(missing_ok=True)
+    return EngineRun(spec, plugin_on, [o["output_ids"] for o in out],
+                     [o["meta_info"] for o in out], steps)
