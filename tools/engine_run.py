@@ -42,8 +42,13 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def prepare_process_env(plugin_on: bool, extra_env: dict | None = None) -> dict:
-    """Set the environment the engine's subprocesses inherit; returns the old values."""
+def prepare_process_env(plugin_on: bool, extra_env: dict | None = None,
+                        extra_pythonpath: tuple[str, ...] = ()) -> dict:
+    """Set the environment the engine's subprocesses inherit; returns the old values.
+
+    ``extra_pythonpath`` goes first on PYTHONPATH and on ``sys.path`` (spawned
+    processes start from the parent's ``sys.path``); ``run_engine`` takes it off
+    ``sys.path`` again."""
     cpu = not has_cuda()
     names = ([SHIM_PLUGIN_NAME] if cpu else []) + ([PLUGIN_NAME] if plugin_on else [])
     env = {"SGLANG_PLUGINS": ",".join(names) or "none"}
@@ -54,6 +59,10 @@ def prepare_process_env(plugin_on: bool, extra_env: dict | None = None) -> dict:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CPU_SHIMS), path) if p)
         if str(CPU_SHIMS) not in sys.path:
             sys.path.insert(0, str(CPU_SHIMS))
+    if extra_pythonpath:
+        rest = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*extra_pythonpath, rest) if p)
+        sys.path[:0] = list(extra_pythonpath)
     env.update(extra_env or {})
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -103,14 +112,19 @@ class EngineRun:
 
 def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: bool,
                max_new_tokens: int = 24, extra_env: dict | None = None,
-               sampling: dict | None = None, **overrides) -> EngineRun:
-    """Start an engine, generate greedily for ``prompts`` (byte ids), shut it down."""
+               sampling: dict | None = None, extra_pythonpath: tuple[str, ...] = (),
+               **overrides) -> EngineRun:
+    """Start an engine, generate greedily for ``prompts`` (byte ids), shut it down.
+
+    ``extra_pythonpath``: directories put first on the engine processes' import path
+    (e.g. a patched copy of the sglang package, see tests/test_engine_patched.py)."""
     import sglang as sgl
 
     stats = Path(tempfile.mkstemp(prefix="nwor-scv-steps-", suffix=".jsonl")[1])
     env = {"SGLANG_NWOR_SCV_STEP_LOG": str(stats), "SGLANG_NWOR_SCV_DEBUG": "1"}
     env.update(extra_env or {})
-    old = prepare_process_env(plugin_on, env)
+    extra_pythonpath = tuple(str(p) for p in extra_pythonpath)
+    old = prepare_process_env(plugin_on, env, extra_pythonpath)
     try:
         engine = sgl.Engine(**engine_kwargs(spec, models, **overrides))
         try:
@@ -121,6 +135,8 @@ def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: 
             engine.shutdown()
     finally:
         restore_env(old)
+        for p in extra_pythonpath:
+            sys.path.remove(p)
     steps = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
     stats.unlink(missing_ok=True)
     return EngineRun(spec, plugin_on, [o["output_ids"] for o in out],

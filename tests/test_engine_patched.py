@@ -1,0 +1,80 @@
+"""The patch series instead of the plugin: a patched SGLang 0.5.23, plugin disabled.
+
+A copy of the installed sglang package is patched with tools/apply.sh and put first
+on the engine processes' import path; SGLANG_PLUGINS whitelists only the CPU test
+shims, so every NWOR call comes from the patched call sites. The checks are those
+of tests/test_engine_nwor.py: outputs identical to unpatched upstream, every verify
+step staged all rows and committed exactly the accepted ones, rejected rows still
+hold the debug poison, no pool row outside the commit list changed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sglang  # the parent process keeps the installed, unpatched package
+
+from test_engine_nwor import PROMPTS, _check_steps
+from tools.engine_run import run_engine
+from tools.make_tiny_models import encode
+
+pytestmark = pytest.mark.engine
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALLED = Path(sglang.__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def patched_site(tmp_path_factory) -> Path:
+    """A site-packages-like directory holding a patched copy of the installed sglang."""
+    site = tmp_path_factory.mktemp("patched-site")
+    # __pycache__ comes along: the .pyc of a patched file is stale (mtime/size) and rebuilt.
+    subprocess.run(["cp", "-a", str(INSTALLED), str(site / "sglang")], check=True)
+    r = subprocess.run(["bash", str(REPO / "tools" / "apply.sh"), str(site)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "applied 4 patches" in r.stdout, r.stdout + r.stderr
+    return site
+
+
+_IMPORT_CHECK = r"""
+import importlib, sys
+mods = ["sglang.srt.model_executor.model_runner", "sglang.srt.layers.attention.triton_backend",
+        "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils"]
+sys.modules["sglang_nwor_scv"] = None  # the package is not installed
+loaded = [importlib.import_module(m) for m in mods]
+assert all(m.__file__.startswith(sys.argv[1]) for m in loaded), [m.__file__ for m in loaded]
+assert all(m._nwor_sites is None for m in loaded), "patched modules need the package"
+del sys.modules["sglang_nwor_scv"]
+loaded = [importlib.reload(m) for m in loaded]
+from sglang_nwor_scv import hooks, sites
+assert all(m._nwor_sites is sites for m in loaded)
+assert sites._wired == set(hooks.HOOKS), sites._wired
+assert not sites.missing_sites()
+print("ok")
+"""
+
+
+def test_patched_modules_import_with_and_without_the_package(patched_site):
+    r = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, str(patched_site)],
+                       capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(patched_site), "PATH": "/usr/bin:/bin",
+                            "TRITON_INTERPRET": "1", "HOME": str(patched_site)})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("spec", ["ngram-tree", "standalone-tree"])
+def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site):
+    prompts = [encode(p) for p in PROMPTS]
+    upstream = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    patched = run_engine(spec, tiny_models, prompts, plugin_on=False,
+                         extra_pythonpath=(str(patched_site),))
+    assert Path(sglang.__file__).resolve().parent == INSTALLED
+    assert not upstream.steps, "unpatched, plugin-off run must not stage anything"
+    assert patched.outputs == upstream.outputs
+    assert all(len(o) > 0 for o in patched.outputs)
+    # Step records with the plugin off come only from the patched call sites.
+    _check_steps(patched, expect_rows_per_req=4)
+    assert patched.accept_length == pytest.approx(upstream.accept_length)
