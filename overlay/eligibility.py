@@ -10,12 +10,25 @@ import logging
 
 logger = logging.getLogger(__name__)
 
+# Workers whose verify path calls the commit site (commit_mamba_states_after_verify):
+# eagle_worker_v2 / standalone_worker_v2 through run_eagle_verify, and ngram_worker.
+COMMITTING_ALGORITHMS = frozenset({"EAGLE", "EAGLE3", "STANDALONE", "NGRAM"})
+
 
 def nwor_refusal(model_runner) -> str | None:
     """None when NWOR can run on this runner, else the reason it cannot."""
     from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
+    args = getattr(model_runner, "server_args", None)
+    algo = str(getattr(args, "speculative_algorithm", None) or "").upper()
+    if algo not in COMMITTING_ALGORITHMS:
+        # Only these workers reach the commit site after every verify; staging under
+        # any other worker would leave accepted rows unwritten.
+        return (f"speculative algorithm {algo or 'NONE'} (NWOR supports "
+                f"{', '.join(sorted(COMMITTING_ALGORITHMS))})")
+    if getattr(args, "enable_multi_layer_eagle", False):
+        return "multi-layer EAGLE (its worker has its own verify path)"
     backend = getattr(model_runner, "attn_backend", None)
     pool = getattr(model_runner, "token_to_kv_pool", None)
     if getattr(model_runner, "is_draft_worker", False):

@@ -141,3 +141,16 @@ def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: 
     stats.unlink(missing_ok=True)
     return EngineRun(spec, plugin_on, [o["output_ids"] for o in out],
                      [o["meta_info"] for o in out], steps)
+
+
+def server_cli(spec: str, models: Path, port: int, **overrides) -> list[str]:
+    """``python -m sglang.launch_server`` arguments for the same configuration."""
+    args = [sys.executable, "-m", "sglang.launch_server", "--port", str(port),
+            "--host", "127.0.0.1"]
+    for key, value in engine_kwargs(spec, models, **overrides).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return args

@@ -1,4 +1,4 @@
-"""Hook sites in SGLang 0.5.17 (checked against the 0.5.17 wheel; see tests/test_adapters.py).
+"""Hook sites in SGLang 0.5.17 (checked against the 0.5.17 wheel; see tests/test_patches.py).
 
 Every upstream target string lives here; the hook bodies (sglang_nwor_scv.hooks)
 are version-agnostic. Each entry: What / Why, in the comment beside it.
@@ -23,6 +23,10 @@ TARGETS = {
     # Why: NWOR commits straight to the final slots, so this copy must not run
     # (it would copy rows that were never written).
     "accept_move": "sglang.srt.speculative.spec_utils.move_accept_tokens_to_target_kvcache",
+    # What: the gate models with a fused rope+KV write (qwen3_moe, gpt_oss, ...) ask.
+    # Why: a fused write would put verify rows in the pool behind the stage's back;
+    # while a stage is open the gate says no and the rows come to _set_kv_buffer.
+    "fused_kv_gate": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
 }
 
 # Upstream names the hooks read (attributes, not code): kept here so a release that

@@ -1,0 +1,176 @@
+"""Stage/commit life cycle on a real SGLang KV pool with the real commit kernel.
+
+The model runner and attention backend are plain containers here (the engine
+tests drive the real ones); everything that touches KV is real: SGLang's
+``MHATokenToKVPool``, ``ForwardMode`` and our Triton commit kernel.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_nwor_scv import sites
+from sglang_nwor_scv.config import modes
+
+LAYERS, HEADS, DIM, N = 2, 2, 8, 4
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    monkeypatch.setenv("SGLANG_NWOR_MODE", "stage")
+    monkeypatch.setenv("SGLANG_NWOR_SCV_DEBUG", "0")
+    monkeypatch.delenv("SGLANG_NWOR_SCV_STEP_LOG", raising=False)
+    modes.cache_clear()
+    monkeypatch.setattr(sites, "nwor_refusal", lambda runner: None)
+    monkeypatch.setattr(sites, "missing_sites", lambda: set())
+    yield
+    modes.cache_clear()
+
+
+def _runner():
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    pool = MHATokenToKVPool(size=64, page_size=1, dtype=torch.float32, head_num=HEADS,
+                            head_dim=DIM, layer_num=LAYERS, device="cpu",
+                            enable_memory_saver=False)
+    for buf in list(pool.k_buffer) + list(pool.v_buffer):
+        buf.fill_(-7.0)  # poison: any row the test does not expect written keeps it
+    backend = SimpleNamespace(token_to_kv_pool=pool)
+    return SimpleNamespace(attn_backend=backend, token_to_kv_pool=pool)
+
+
+def _verify_batch(slots):
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    loc = torch.tensor(slots, dtype=torch.int64)
+    return SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY, out_cache_loc=loc)
+
+
+def _stage_all_layers(runner, fb, seed):
+    g = torch.Generator().manual_seed(seed)
+    kv = []
+    for layer_id in range(LAYERS):
+        k = torch.randn(fb.out_cache_loc.numel(), HEADS, DIM, generator=g)
+        v = torch.randn(fb.out_cache_loc.numel(), HEADS, DIM, generator=g)
+        layer = SimpleNamespace(layer_id=layer_id)
+        assert sites.stage_kv(runner.attn_backend, fb, layer, k, v)
+        kv.append((k, v))
+    return kv
+
+
+def _accept(bs, lens, depth=N):
+    lens_t = torch.tensor(lens, dtype=torch.int32)
+    idx = torch.full((bs, depth), -1, dtype=torch.int32)
+    for b, n in enumerate(lens):
+        idx[b, :n] = torch.arange(b * N, b * N + n, dtype=torch.int32)
+    return lens_t, idx
+
+
+def test_commit_writes_only_accepted_rows():
+    runner = _runner()
+    fb = _verify_batch([10, 11, 12, 13, 20, 21, 22, 23])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=0)
+    sites.end_verify_forward(runner, fb, ok=True)
+    lens, idx = _accept(2, [2, 1])
+    worker = SimpleNamespace(model_runner=runner)
+    sites.commit_after_accept(worker, fb, lens, idx, N)
+    pool = runner.token_to_kv_pool
+    for layer_id, (k, v) in enumerate(kv):
+        assert torch.equal(pool.k_buffer[layer_id][[10, 11, 20]], k[[0, 1, 4]])
+        assert torch.equal(pool.v_buffer[layer_id][[10, 11, 20]], v[[0, 1, 4]])
+        untouched = [i for i in range(pool.k_buffer[layer_id].shape[0]) if i not in (10, 11, 20)]
+        assert (pool.k_buffer[layer_id][untouched] == -7.0).all()
+        assert (pool.v_buffer[layer_id][untouched] == -7.0).all()
+    assert not sites.accept_move_needed(fb)  # NWOR placed the accepted path
+    assert sites.accept_move_needed(fb)  # ... once: the flag is consumed
+
+
+def test_exception_between_staging_and_commit_leaves_no_stale_stage():
+    runner = _runner()
+    worker = SimpleNamespace(model_runner=runner)
+    # Step A stages every layer, then fails before acceptance (e.g. in sampling).
+    fa = _verify_batch([30, 31, 32, 33])
+    sites.begin_verify_forward(runner, fa)
+    _stage_all_layers(runner, fa, seed=1)
+    sites.end_verify_forward(runner, fa, ok=True)
+    # Step B opens a new stage: A must be gone and never committed.
+    fb = _verify_batch([40, 41, 42, 43])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=2)
+    sites.end_verify_forward(runner, fb, ok=True)
+    lens, idx = _accept(1, [3])
+    # A late commit for A finds B's stage: A is never written; B, which cannot be
+    # matched to this acceptance, is written whole (upstream-equivalent), once.
+    sites.commit_after_accept(worker, fa, lens, idx, N)
+    pool = runner.token_to_kv_pool
+    assert (pool.k_buffer[0][30:34] == -7.0).all()
+    assert torch.equal(pool.k_buffer[0][40:44], kv[0][0])
+    pool.k_buffer[0][40:44] = -7.0
+    sites.commit_after_accept(worker, fb, lens, idx, N)  # stage is one-shot: nothing left
+    assert (pool.k_buffer[0][40:44] == -7.0).all()
+
+
+def test_forward_that_raises_discards_its_stage():
+    runner = _runner()
+    worker = SimpleNamespace(model_runner=runner)
+    fa = _verify_batch([50, 51, 52, 53])
+    sites.begin_verify_forward(runner, fa)
+    _stage_all_layers(runner, fa, seed=3)
+    sites.end_verify_forward(runner, fa, ok=False)  # the forward raised
+    lens, idx = _accept(1, [4])
+    sites.commit_after_accept(worker, fa, lens, idx, N)
+    assert (runner.token_to_kv_pool.k_buffer[1][50:54] == -7.0).all()
+    # ... and the next step is correct.
+    fb = _verify_batch([54, 55, 56, 57])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=4)
+    sites.end_verify_forward(runner, fb, ok=True)
+    sites.commit_after_accept(worker, fb, lens, idx, N)
+    assert torch.equal(runner.token_to_kv_pool.k_buffer[1][54:58], kv[1][0])
+
+
+def test_partial_stage_is_written_whole_at_once():
+    runner = _runner()
+    fb = _verify_batch([60, 61, 62, 63])
+    sites.begin_verify_forward(runner, fb)
+    k = torch.randn(4, HEADS, DIM)
+    assert sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=0), k, k + 1)
+    sites.end_verify_forward(runner, fb, ok=True)  # layer 1 never staged
+    pool = runner.token_to_kv_pool
+    assert torch.equal(pool.k_buffer[0][60:64], k)  # upstream-equivalent full write
+    assert torch.equal(pool.v_buffer[0][60:64], k + 1)
+
+
+def test_mismatched_batch_is_written_whole():
+    runner = _runner()
+    worker = SimpleNamespace(model_runner=runner)
+    fb = _verify_batch([0, 1, 2, 3])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=5)
+    sites.end_verify_forward(runner, fb, ok=True)
+    other = _verify_batch([0, 1, 2, 3])  # a different window tensor
+    lens, idx = _accept(1, [1])
+    sites.commit_after_accept(worker, other, lens, idx, N)
+    assert torch.equal(runner.token_to_kv_pool.k_buffer[0][0:4], kv[0][0])
+    assert sites.accept_move_needed(other)  # upstream's move still runs
+
+
+def test_nwor_off_stages_nothing(monkeypatch):
+    monkeypatch.setenv("SGLANG_NWOR_MODE", "off")
+    modes.cache_clear()
+    runner = _runner()
+    fb = _verify_batch([0, 1, 2, 3])
+    sites.begin_verify_forward(runner, fb)
+    k = torch.randn(4, HEADS, DIM)
+    assert not sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=0), k, k)
+
+
+def test_bad_mode_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("SGLANG_SCV_MODE", "fast")
+    modes.cache_clear()
+    with pytest.raises(ValueError, match="SGLANG_SCV_MODE='fast' is not one of"):
+        modes()
