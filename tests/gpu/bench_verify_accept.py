@@ -1,0 +1,215 @@
+"""Benchmark: fused greedy acceptance vs the upstream ops it replaces.
+
+Run on a GPU host with SGLang 0.5.23:
+``pytest tests/gpu/bench_verify_accept.py -m gpu --benchmark-enable -s``
+(without ``--benchmark-enable`` each case runs once, as a correctness check).
+
+Per (tree, batch) it checks correctness once, then times
+
+- ``ours-eager``: one ``verify_accept_greedy`` launch into preallocated outputs;
+- ``ours-graph``: the same launch replayed from a ``torch.cuda.CUDAGraph``;
+- ``upstream``: what ``eagle_sample`` + ``run_eagle_verify`` run after the argmax
+  on CUDA (SGLang 0.5.23): ``torch.zeros``/``torch.full``/``torch.empty``
+  buffers, ``verify_tree_greedy_func`` (the CUDA kernel), ``accept_lens = +1``,
+  ``prepare_verify_commit_outputs`` (bonus and new seq_lens), and the commit list
+  SGLang builds in ``move_accept_tokens_to_target_kvcache``
+  (``fill_front_out_cache_loc_func`` + ``fill_accept_out_cache_loc_func``, with
+  the ``accept_lens - 1`` / ``+ 1`` round trip of ``_finalize_accept_tree_path``).
+  For chains (topk = 1) upstream skips the move (the path is already in front),
+  so ``upstream`` there is run without the commit list, and
+  ``upstream+commit`` with it (what NWOR needs either way);
+- ``upstream-graph``: the same ops captured in a CUDA graph, when capturable.
+
+The pytest-benchmark timings are host-visible step latency (call +
+``torch.cuda.synchronize()``). Each case also prints the mean device-side time
+per call over back-to-back calls (CUDA events) and the kernels launched per call
+(torch.profiler) beside the count expected from ``UPSTREAM_LAUNCHES``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import test_verify_accept as cases  # noqa: E402  (tree generators and checks)
+from sglang.kernels.ops.speculative.cache_locs import (  # noqa: E402
+    fill_front_out_cache_loc_func,
+)
+from sglang.kernels.ops.speculative.eagle import (  # noqa: E402
+    fill_accept_out_cache_loc_func,
+    prepare_verify_commit_outputs,
+)
+from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
+
+from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
+    alloc_verify_accept_outputs,
+    verify_accept_greedy,
+)
+
+# Device work each upstream op issues (kernels or memsets), for the printout.
+UPSTREAM_LAUNCHES = {
+    "torch.zeros(predict)": 1,
+    "torch.full(accept_index, -1)": 1,
+    "torch.empty(num_correct_drafts)": 0,
+    "verify_tree_greedy": 1,
+    "accept_lens = num_correct_drafts + 1": 1,
+    "prepare_verify_commit_outputs (2 empty + kernel)": 1,
+}
+UPSTREAM_COMMIT_LAUNCHES = {
+    "accept_lens - 1, + 1": 2,
+    "torch.zeros x2 (tgt, src slot lists)": 2,
+    "fill_front_out_cache_loc (arange, zeros_like, kernel)": 3,
+    "fill_accept_out_cache_loc": 1,
+}
+OURS_LAUNCHES = 1
+
+TREES = [
+    ("chain", 4, {}, 1),  # EAGLE topk=1, steps=3
+    ("chain", 8, {}, 1),  # EAGLE topk=1, steps=7
+    ("eagle", 16, dict(topk=4, steps=5), 4),
+    ("eagle", 64, dict(topk=8, steps=7), 8),
+    ("ngram", 8, dict(max_branch=3), -1),
+    ("ngram", 64, dict(max_branch=4), -1),
+]
+BATCHES = [1, 8, 32, 128]
+
+
+def _id(tree):
+    kind, n, extra, _ = tree
+    return f"{kind}-N{n}" + "".join(f"-{k}{v}" for k, v in extra.items())
+
+
+def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, with_commit_list: bool):
+    """SGLang 0.5.23's post-argmax greedy verify ops, as run_eagle_verify runs them."""
+    bs, n = case.candidates.shape
+    dev = case.candidates.device
+    predict = torch.zeros((bs * n,), dtype=torch.int32, device=dev)
+    accept_index = torch.full((bs, case.max_depth), -1, dtype=torch.int32, device=dev)
+    num_correct = torch.empty((bs,), dtype=torch.int32, device=dev)
+    verify_tree_greedy_func(
+        predicts=predict,
+        accept_index=accept_index,
+        accept_token_num=num_correct,
+        candidates=case.candidates,
+        retrieve_index=case.retrieve_index,
+        retrieve_next_token=case.retrieve_next_token,
+        retrieve_next_sibling=case.retrieve_next_sibling,
+        target_predict=case.target_predict,
+        topk=topk,
+    )
+    accept_lens = num_correct + 1
+    _, bonus = prepare_verify_commit_outputs(predict, accept_index, accept_lens, seq_lens)
+    tgt = src = None
+    if with_commit_list:
+        size = bs * accept_index.shape[1]
+        tgt = torch.zeros(size, dtype=torch.int64, device=dev)
+        src = torch.zeros(size, dtype=torch.int64, device=dev)
+        fill_front_out_cache_loc_func((accept_lens - 1) + 1, case.out_cache_loc, tgt)
+        fill_accept_out_cache_loc_func(accept_index, case.out_cache_loc, src, size)
+    return predict, accept_index, num_correct, accept_lens, bonus, src, tgt
+
+
+def _device_us_per_call(fn, iters=200) -> float:
+    for _ in range(10):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000.0 / iters
+
+
+def _launches_per_call(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def _try_graph(fn):
+    """Capture ``fn`` in a CUDA graph (after a warm-up call); None if it can't be."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+    except Exception as exc:  # report and skip; the eager number stands
+        print(f"  (capture failed: {type(exc).__name__}: {exc})")
+        return None
+
+
+@pytest.mark.parametrize("bs", BATCHES)
+@pytest.mark.parametrize("tree", TREES, ids=_id)
+@pytest.mark.parametrize(
+    "variant", ["ours-eager", "ours-graph", "upstream", "upstream+commit", "upstream-graph"]
+)
+def test_bench_verify_accept(benchmark, variant, tree, bs):
+    kind, n, extra, topk = tree
+    if variant == "upstream+commit" and kind != "chain":
+        pytest.skip("trees always build the commit list upstream")
+    case = cases.make_case(kind, bs, 0, n=n, **extra)
+    seq_lens = torch.full((bs,), 100, dtype=torch.int64, device="cuda")
+    commit_upstream = kind != "chain" or variant == "upstream+commit"
+
+    # Correctness once: ours == SGLang's CUDA verify and glue on these inputs.
+    cases.check_case(case, sglang_fn=verify_tree_greedy_func)
+    out = alloc_verify_accept_outputs(bs, n, case.max_depth, "cuda")
+
+    def ours():
+        verify_accept_greedy(*case.args(), out=out)
+
+    def upstream():
+        upstream_step(case, topk, seq_lens, commit_upstream)
+
+    if variant.startswith("ours"):
+        fn, expected = ours, OURS_LAUNCHES
+    else:
+        fn = upstream
+        expected = sum(UPSTREAM_LAUNCHES.values())
+        if commit_upstream:
+            expected += sum(UPSTREAM_COMMIT_LAUNCHES.values())
+    launches = _launches_per_call(fn)
+    if variant.endswith("graph"):
+        graph = _try_graph(fn)
+        if graph is None:
+            pytest.skip("not capturable")
+        fn = graph.replay
+        if variant == "ours-graph":  # a replay into poisoned outputs computes the same
+            out.predict.fill_(-5)
+            out.commit_dst.fill_(-5)
+            graph.replay()
+            cases.assert_outputs_equal(out, cases.verify_accept_greedy_ref(*case.args()))
+
+    device_us = _device_us_per_call(fn)
+    print(
+        f"\n[{variant} {_id(tree)} bs={bs}] device {device_us:.2f} us/call, "
+        f"launches {launches} (expected {expected})"
+    )
+    benchmark.extra_info.update(device_us=device_us, launches=launches, expected=expected)
+
+    def step():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark(step)
