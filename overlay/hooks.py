@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import sites
+from sglang_nwor_scv import scv, sites
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -56,12 +56,18 @@ def around_fused_kv_gate(original, forward_batch, *args, **kwargs):
     return original(forward_batch, *args, **kwargs)
 
 
+def around_verify_greedy(original, *args, **kwargs):
+    done = scv.try_verify_greedy(*args, **kwargs)
+    return done if done is not None else original(*args, **kwargs)
+
+
 HOOKS = {
     "model_forward": around_model_forward,
     "stage_kv": around_stage_kv,
     "after_accept": around_after_accept,
     "accept_move": around_accept_move,
     "fused_kv_gate": around_fused_kv_gate,
+    "verify_greedy": around_verify_greedy,
 }
 
 

@@ -19,6 +19,8 @@ from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
 from sglang_nwor_scv.nwor import VerifyStage, commit_list_from_acceptance
+from sglang_nwor_scv.scv import commit_list_from_scv, take_counts
+from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -172,13 +174,14 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
         stage.flush_all()
         st.metrics.add(flushed=1)
         return
-    src, dst = commit_list_from_acceptance(accept_index, accept_lens,
-                                           stage.out_cache_loc, draft_token_num)
+    made = commit_list_from_scv(accept_index, stage.out_cache_loc)
+    src, dst = made if made is not None else commit_list_from_acceptance(
+        accept_index, accept_lens, stage.out_cache_loc, draft_token_num)
     counter = torch.zeros(1, dtype=torch.int64, device=src.device)
     stage.commit(src, dst, committed=counter)
     # Keyed by this step's window tensor: a later step (new window) never matches.
     setattr(batch, _MOVED_ATTR, stage.out_cache_loc)
-    _account(st, stage, counter, accept_lens, src, dst)
+    _account(st, stage, counter, accept_lens, src, dst, made is not None)
 
 
 _MOVED_ATTR = "_nwor_scv_moved_window"
@@ -194,7 +197,8 @@ def accept_move_needed(batch) -> bool:
 
 
 # ---------------------------------------------------------------- accounting
-def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst) -> None:
+def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst,
+             scv: bool) -> None:
     """Accumulate on the device; copy to the host once per log interval (or per
     step in debug / step-log mode, which sync on purpose)."""
     st.steps += 1
@@ -206,6 +210,7 @@ def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst
     if m.debug or m.step_log:
         committed, accepted = (int(x) for x in pair.tolist())
         record = {"step": st.steps, "bs": int(accept_lens.shape[0]), "staged": stage.rows,
+                  "scv": scv,
                   "verify_rows": int(stage.out_cache_loc.numel()),
                   "layers": len(stage.layers), "committed": committed, "accepted": accepted}
         ok = committed == accepted and record["layers"] == stage.num_layers
@@ -227,6 +232,8 @@ def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst
 
 def flush_metrics(st: RunnerState, log: bool) -> None:
     """Move device-side totals into the metrics (one small device-to-host copy)."""
+    scv = take_counts()
+    st.metrics.add(scv_kernel=scv["fused"], scv_fallback=scv["fallback"])
     if st.pending is not None:
         committed, _accepted = (int(x) for x in st.pending.tolist())
         staged = st.pending_staged

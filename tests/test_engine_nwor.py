@@ -23,13 +23,14 @@ PROMPTS = [
 ]
 
 
-def _check_steps(run, expect_rows_per_req: int):
+def _check_steps(run, expect_rows_per_req: int, expect_scv: bool = True):
     assert run.steps, "the plugin recorded no verify step"
     for s in run.steps:
         assert s["ok"], s
         assert s["staged"] == s["verify_rows"] == s["bs"] * expect_rows_per_req, s
         assert s["committed"] == s["accepted"], s
         assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
+    assert all(s["scv"] == expect_scv for s in run.steps), "SCV fused path use"
     # Partial acceptance really happened: some rows were rejected and never written.
     assert sum(s["staged"] - s["committed"] for s in run.steps) > 0
 
@@ -56,6 +57,20 @@ def test_batch_size_one_and_single_prompt(tiny_models):
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=16)
     assert off.outputs == on.outputs
     _check_steps(on, expect_rows_per_req=4)
+
+
+@pytest.mark.parametrize("nwor,scv", [("stage", "off"), ("off", "vectorized")])
+def test_each_feature_alone(nwor, scv, tiny_models):
+    """NWOR with upstream's verify (commit list from torch glue), and SCV alone."""
+    prompts = [encode(p) for p in PROMPTS[:2]]
+    off = run_engine("standalone-tree", tiny_models, prompts, plugin_on=False)
+    on = run_engine("standalone-tree", tiny_models, prompts, plugin_on=True,
+                    extra_env={"SGLANG_NWOR_MODE": nwor, "SGLANG_SCV_MODE": scv})
+    assert off.outputs == on.outputs
+    if nwor == "stage":
+        _check_steps(on, expect_rows_per_req=4, expect_scv=False)
+    else:
+        assert not on.steps
 
 
 def test_refused_configuration_runs_unmodified(tiny_models, capfd):

@@ -27,6 +27,10 @@ TARGETS = {
     # Why: a fused write would put verify rows in the pool behind the stage's back;
     # while a stage is open the gate says no and the rows come to _set_kv_buffer.
     "fused_kv_gate": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
+    # What: greedy tree/chain verification (called from eagle_sample, EAGLE and NGRAM).
+    # Why: SCV runs the fused acceptance kernel instead: same outputs bit for bit, plus
+    # the NWOR commit list in the same launch (kernels/verify_accept.py).
+    "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
 }
 
 # Upstream names the hooks read (attributes, not code): kept here so a release that
