@@ -49,7 +49,8 @@ def test_metrics_on_real_server(tiny_models, tmp_path):
     log = open(tmp_path / "server.log", "w")
     try:
         proc = subprocess.Popen(
-            server_cli("ngram-tree", tiny_models, port, enable_metrics=True),
+            server_cli("ngram-tree", tiny_models, port, enable_metrics=True,
+                       skip_server_warmup=True),
             stdout=log, stderr=subprocess.STDOUT)
     finally:
         restore_env(old)

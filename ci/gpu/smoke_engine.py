@@ -226,8 +226,8 @@ def main() -> int:
         result["ok"] = all(len(g) == a.max_new_tokens for g in got)
         if "hf_greedy" in result:
             result["match_hf_prefix"] = [
-                next((i for i, (x, y) in enumerate(zip(g, h)) if x != y), len(g))
-                for g, h in zip(got, result["hf_greedy"])]
+                next((i for i, (x, y) in enumerate(zip(g, h, strict=False)) if x != y), len(g))
+                for g, h in zip(got, result["hf_greedy"], strict=False)]
             log(f"tokens matching the HF greedy reference (prefix length): {result['match_hf_prefix']}")
         result["accept_length"] = [m.get("spec_accept_length") for m in outs[-1]["meta"]]
         log(f"accept length per prompt: {result['accept_length']}")

@@ -28,10 +28,12 @@ GPU_KW = dict(dtype="bfloat16", mem_fraction_static=0.3)
 
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
-@pytest.mark.parametrize("spec", ["ngram-tree", "standalone-chain", "standalone-tree"])
+@pytest.mark.parametrize("spec", os.environ.get("NWOR_SCV_GPU_SPECS", "ngram-tree,standalone-chain").split(","))
 def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     prompts = [encode(p) for p in PROMPTS]
     kw = dict(GPU_KW, disable_cuda_graph=not graphs)
+    if graphs:
+        kw["cuda_graph_max_bs_decode"] = 8  # capture few buckets: start-up time
     off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, **kw)
     assert off.outputs == on.outputs
@@ -57,21 +59,33 @@ LLAMA3_8B = {
 @pytest.mark.skipif(os.environ.get("NWOR_SCV_GPU_REALISTIC", "1") == "0", reason="disabled")
 def test_realistic_shape_dummy_weights(tmp_path):
     """Llama-3-8B shapes, dummy weights, acceptance forced by SGLANG_SIMULATE_ACC_LEN;
-    eager verify (NWOR stages every step) at batch sizes 1, 8, 32, 64."""
+    eager verify (NWOR stages every step) at batch sizes 1, 8, 32, 64, one engine."""
     import json
+
+    import sglang as sgl
+
+    from tools.engine_run import engine_kwargs, prepare_process_env, restore_env
 
     model = tmp_path / "llama3-8b-dummy"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(LLAMA3_8B))
-    from pathlib import Path
-
-    (Path(model) / "generation_config.json").write_text("{}")
-    for bs in (1, 8, 32, 64):
-        prompts = [[1000 + (7 * i + j) % 5000 for j in range(16)] for i in range(bs)]
-        env = {"SGLANG_SIMULATE_ACC_LEN": "2.5", "SGLANG_NWOR_SCV_DEBUG": "0"}
-        kw = dict(model_path=str(model), load_format="dummy", dtype="bfloat16",
-                  disable_cuda_graph=True, mem_fraction_static=0.6, max_running_requests=64)
-        on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=16,
-                        extra_env=env, **kw)
-        assert on.steps and all(s["committed"] == s["accepted"] for s in on.steps)
-        assert max(s["bs"] for s in on.steps) == bs
+    log = tmp_path / "steps.jsonl"
+    old = prepare_process_env(True, {"SGLANG_SIMULATE_ACC_LEN": "2.5",
+                                     "SGLANG_NWOR_SCV_STEP_LOG": str(log)})
+    try:
+        kw = engine_kwargs("ngram-tree", tmp_path, model_path=str(model), load_format="dummy",
+                           dtype="bfloat16", disable_cuda_graph=True, mem_fraction_static=0.6,
+                           max_running_requests=64)
+        engine = sgl.Engine(**kw)
+        try:
+            for bs in (1, 8, 32, 64):
+                prompts = [[1000 + (7 * i + j) % 5000 for j in range(16)] for i in range(bs)]
+                engine.generate(input_ids=prompts,
+                                sampling_params={"temperature": 0, "max_new_tokens": 16})
+        finally:
+            engine.shutdown()
+    finally:
+        restore_env(old)
+    steps = [json.loads(x) for x in log.read_text().splitlines()]
+    assert steps and all(s["ok"] and s["committed"] == s["accepted"] for s in steps)
+    assert {1, 8, 32, 64} <= {s["bs"] for s in steps}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU suite in one call: install (wheelhouse or an existing SGLang), then kernel
+# tests + benchmarks, Nsight Compute on the commit kernel, and the real engine with
+# the plugin off/on. Every artifact goes to $OUT (default out/gpu); a pass/fail table
+# is printed last. Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TVM_FFI_CACHE_DIR=/tmp/tvmffi
+[ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin  # sglang's JIT kernels
+eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/card.txt"
+python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
+cat "$OUT/card.txt"
+declare -A RC
+step() {  # name timeout cmd...
+  local name=$1 t=$2; shift 2
+  echo "=== $name"; local t0=$SECONDS
+  timeout "$t" "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 25
+  RC[$name]=${PIPESTATUS[0]}; echo "=== $name rc=${RC[$name]} $((SECONDS - t0))s" | tee -a "$OUT/log.txt"
+}
+python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
+step kernels "${KERNELS_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_commit_kv_gpu.py \
+  tests/gpu/test_verify_accept_gpu.py tests/gpu/bench_commit_kv.py tests/gpu/bench_verify_accept.py \
+  --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
+  --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
+step ncu "${NCU_TIMEOUT:-120}" bash -c "python3 tools/ncu_commit_kv.py --out $OUT --bs 128 --n 8 --kv bf16 && python3 tools/ncu_commit_kv.py --out $OUT --bs 128 --n 8 --kv fp8_e4m3"
+step engine "${ENGINE_TIMEOUT:-270}" python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_engine_gpu.py \
+  --junitxml="$OUT/engine.xml"
+python3 ci/gpu/summarize.py "$OUT" | tee "$OUT/summary.md"
+for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

@@ -1,0 +1,55 @@
+"""Print the GPU suite's pass/fail table and headline numbers from its artifacts."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def junit(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return [(path.stem, "not run")]
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        status = "pass"
+        for tag in ("failure", "error", "skipped"):
+            if case.find(tag) is not None:
+                status = "skip" if tag == "skipped" else "FAIL"
+        rows.append((case.get("name"), status))
+    return rows
+
+
+def main(out: Path) -> None:
+    card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "?"
+    print(f"# GPU suite\n\n```\n{card}\n```\n")
+    for name in ("kernels", "engine"):
+        rows = junit(out / f"{name}.xml")
+        counts = {s: sum(1 for _, st in rows if st == s) for s in ("pass", "FAIL", "skip")}
+        print(f"## {name}: {counts}\n")
+        for n, st in rows:
+            if st != "pass" or name == "engine":
+                print(f"- {st}: {n}")
+        print()
+    bench = out / "bench.json"
+    if bench.exists():
+        print("## benchmarks (median, us)\n\n| benchmark | median us | extra |\n|---|---|---|")
+        for b in json.loads(bench.read_text())["benchmarks"]:
+            extra = {k: v for k, v in b.get("extra_info", {}).items() if not isinstance(v, (list, dict))}
+            print(f"| {b['name']} | {b['stats']['median'] * 1e6:.1f} | {extra} |")
+        print()
+    for f in sorted(glob.glob(str(out / "ncu_commit_kv_*.json"))):
+        r = json.loads(Path(f).read_text())
+        print(f"## ncu {Path(f).name}\n")
+        print(f"expected bytes {r['expected_bytes']}; DRAM write / formula "
+              f"{r['dram_write_vs_formula']:.4f}; L2 write / formula {r['l2_write_vs_formula']:.4f}\n")
+        for m in r["per_mode"]:
+            print(f"- {m['mode']}: {m['kernels']} kernels, " + ", ".join(
+                f"{k}={v:.4g}" for k, v in m["ncu_metrics"].items()))
+        print()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
