@@ -34,7 +34,7 @@ def main(out: Path) -> None:
                 print(f"- {st}: {n}")
         print()
     bench = out / "bench.json"
-    if bench.exists():
+    if bench.exists() and bench.stat().st_size:
         print("## benchmarks (median, us)\n\n| benchmark | median us | extra |\n|---|---|---|")
         for b in json.loads(bench.read_text())["benchmarks"]:
             extra = {k: v for k, v in b.get("extra_info", {}).items() if not isinstance(v, (list, dict))}

@@ -41,14 +41,18 @@ pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import test_verify_accept as cases  # noqa: E402  (tree generators and checks)
-from sglang.kernels.ops.speculative.cache_locs import (  # noqa: E402
-    fill_front_out_cache_loc_func,
-)
-from sglang.kernels.ops.speculative.eagle import (  # noqa: E402
-    fill_accept_out_cache_loc_func,
-    prepare_verify_commit_outputs,
-)
-from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
+try:  # the upstream glue this benchmark replays exists from SGLang 0.5.23 on
+    from sglang.kernels.ops.speculative.cache_locs import (  # noqa: E402
+        fill_front_out_cache_loc_func,
+    )
+    from sglang.kernels.ops.speculative.eagle import (  # noqa: E402
+        fill_accept_out_cache_loc_func,
+        prepare_verify_commit_outputs,
+    )
+    from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
+except ImportError as e:
+    pytest.skip(f"upstream baseline ops of SGLang 0.5.23 not importable: {e}",
+                allow_module_level=True)
 
 from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,

@@ -28,7 +28,10 @@ GPU_KW = dict(dtype="bfloat16", mem_fraction_static=0.3)
 
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
-@pytest.mark.parametrize("spec", os.environ.get("NWOR_SCV_GPU_SPECS", "ngram-tree,standalone-chain").split(","))
+SPECS = os.environ.get("NWOR_SCV_GPU_SPECS", "ngram-tree,standalone-chain").split(",")
+
+
+@pytest.mark.parametrize("spec", SPECS)
 def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     prompts = [encode(p) for p in PROMPTS]
     kw = dict(GPU_KW, disable_cuda_graph=not graphs)

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import test_verify_accept as cases  # noqa: E402  (tree generators and checks)
-from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
+try:  # 0.5.23 defines it in spec_tree; 0.5.17 in eagle_utils
+    from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
+except ImportError:
+    from sglang.srt.speculative.eagle_utils import verify_tree_greedy_func  # noqa: E402
 
 from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
