@@ -27,10 +27,10 @@ PROMPTS = ["The old miller watched", "A quiet river crossed the long road. The g
 GPU_KW = dict(dtype="bfloat16", mem_fraction_static=0.3)
 
 
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 SPECS = os.environ.get("NWOR_SCV_GPU_SPECS", "ngram-tree,standalone-chain").split(",")
 
 
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("spec", SPECS)
 def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     prompts = [encode(p) for p in PROMPTS]
