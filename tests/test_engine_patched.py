@@ -35,14 +35,17 @@ def patched_site(tmp_path_factory) -> Path:
     subprocess.run(["cp", "-a", str(INSTALLED), str(site / "sglang")], check=True)
     r = subprocess.run(["bash", str(REPO / "tools" / "apply.sh"), str(site)],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "applied 4 patches" in r.stdout, r.stdout + r.stderr
+    series = (REPO / "patches" / f"sglang-{sglang.__version__}" / "series").read_text()
+    count = sum(1 for line in series.splitlines() if line.strip() and not line.startswith("#"))
+    assert r.returncode == 0 and f"applied {count} patches" in r.stdout, r.stdout + r.stderr
     return site
 
 
 _IMPORT_CHECK = r"""
 import importlib, sys
 mods = ["sglang.srt.model_executor.model_runner", "sglang.srt.layers.attention.triton_backend",
-        "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils"]
+        "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils",
+        "sglang.kernels.ops.speculative.spec_tree"]
 sys.modules["sglang_nwor_scv"] = None  # the package is not installed
 loaded = [importlib.import_module(m) for m in mods]
 assert all(m.__file__.startswith(sys.argv[1]) for m in loaded), [m.__file__ for m in loaded]
