@@ -9,6 +9,7 @@ or plugin registration), so one installed plugin serves every configuration.
 | SGLANG_NWOR_SCV_STEP_LOG    | path: append one JSON line/step | unset       |
 | SGLANG_NWOR_SCV_LOG_INTERVAL| verify steps between log lines  | 100         |
 | SGLANG_NWOR_SCV_FORCE_VERSION | adapter to use on an unsupported SGLang | unset |
+| SGLANG_NWOR_GRAPH           | 0, 1: also stage in CUDA-graph verify (experimental) | 0 |
 
 ``graph`` falls back to ``vectorized`` where no CUDA graph can be captured (CPU).
 """
@@ -37,6 +38,7 @@ class Modes:
     debug: bool
     step_log: str | None
     log_interval: int
+    graph_stage: bool = False
 
     @property
     def nwor_on(self) -> bool:
@@ -56,4 +58,5 @@ def modes() -> Modes:
         debug=os.environ.get("SGLANG_NWOR_SCV_DEBUG", "0") not in ("", "0", "false"),
         step_log=os.environ.get("SGLANG_NWOR_SCV_STEP_LOG") or None,
         log_interval=int(os.environ.get("SGLANG_NWOR_SCV_LOG_INTERVAL", "100")),
+        graph_stage=os.environ.get("SGLANG_NWOR_GRAPH", "0") == "1",
     )

@@ -19,13 +19,14 @@ def around_model_forward(original, self, forward_batch, *args, **kwargs):
     if not forward_batch.forward_mode.is_target_verify():
         return original(self, forward_batch, *args, **kwargs)
     sites.begin_verify_forward(self, forward_batch)
-    ok = False
+    ok, out = False, None
     try:
         out = original(self, forward_batch, *args, **kwargs)
         ok = True
         return out
     finally:
-        sites.end_verify_forward(self, forward_batch, ok)
+        sites.end_verify_forward(self, forward_batch, ok,
+                                 graph_replayed=bool(getattr(out, "can_run_graph", False)))
 
 
 def around_stage_kv(original, self, forward_batch, layer, loc_info, k, v,
@@ -56,6 +57,17 @@ def around_fused_kv_gate(original, forward_batch, *args, **kwargs):
     return original(forward_batch, *args, **kwargs)
 
 
+def around_graph_capture(original, self, size, *args, **kwargs):
+    token = sites.begin_graph_capture(self, size)
+    ok = False
+    try:
+        out = original(self, size, *args, **kwargs)
+        ok = True
+        return out
+    finally:
+        sites.end_graph_capture(self, size, token, ok)
+
+
 def around_verify_greedy(original, *args, **kwargs):
     done = scv.try_verify_greedy(*args, **kwargs)
     return done if done is not None else original(*args, **kwargs)
@@ -68,7 +80,12 @@ HOOKS = {
     "accept_move": around_accept_move,
     "fused_kv_gate": around_fused_kv_gate,
     "verify_greedy": around_verify_greedy,
+    "graph_capture": around_graph_capture,
 }
+
+
+# Sites only the plugin wires (opt-in features the patch series does not carry).
+PLUGIN_ONLY = frozenset({"graph_capture"})
 
 
 def register_all(adapter) -> None:

@@ -10,6 +10,7 @@ State lives on the target ``ModelRunner`` (``RunnerState``), not in globals.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 
@@ -18,7 +19,7 @@ import torch
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
-from sglang_nwor_scv.nwor import VerifyStage, commit_list_from_acceptance
+from sglang_nwor_scv.nwor import StagedLayer, VerifyStage, commit_list_from_acceptance
 from sglang_nwor_scv.scv import commit_list_from_scv, take_counts
 from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 
@@ -45,6 +46,7 @@ class RunnerState:
         self.pending_staged = 0
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
+        self.graph_stages: dict[int, dict] = {}  # bucket bs -> {layer_id: StagedLayer}
         self._graph_note = False
         if self.refusal:
             logger.warning("NWOR disabled for this model runner: %s", self.refusal)
@@ -100,8 +102,11 @@ def begin_verify_forward(model_runner, forward_batch) -> None:
         st.debug_snapshot = _poison_window(pool, forward_batch.out_cache_loc)
 
 
-def end_verify_forward(model_runner, forward_batch, ok: bool) -> None:
-    """Close the stage. Partial stages are flushed at once (upstream-equivalent)."""
+def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bool = False) -> None:
+    """Close the stage. Partial stages are flushed at once (upstream-equivalent).
+
+    After a CUDA-graph replay the stage is the one captured for the replayed bucket
+    (SGLANG_NWOR_GRAPH=1), cut to this batch's rows."""
     if not forward_batch.forward_mode.is_target_verify():
         return
     st = runner_state(model_runner)
@@ -114,6 +119,13 @@ def end_verify_forward(model_runner, forward_batch, ok: bool) -> None:
     if not ok:
         st.stage = None  # the step failed: never commit what it staged
         return
+    if not stage.layers and graph_replayed:
+        runner = getattr(model_runner, "decode_cuda_graph_runner", None)
+        captured = st.graph_stages.get(getattr(runner, "bs", None))
+        if captured:
+            rows = stage.rows
+            stage.layers = {i: StagedLayer(s.k[:rows], s.v[:rows], s.k_scale, s.v_scale)
+                            for i, s in captured.items()}
     if not stage.layers:
         # A replayed CUDA graph ran the captured upstream writes: nothing was staged.
         st.stage = None
@@ -132,6 +144,9 @@ def end_verify_forward(model_runner, forward_batch, ok: bool) -> None:
 
 def stage_kv(backend, forward_batch, layer, k, v, k_scale=None, v_scale=None) -> bool:
     """Stage one layer's verify K/V. True: handled, the caller must not write the pool."""
+    capture = _capture.get()
+    if capture is not None:
+        return _stage_captured(capture, backend, forward_batch, layer, k, v, k_scale, v_scale)
     stage = getattr(backend, _BACKEND_ATTR, None)
     if stage is None or stage.closed or k is None or v is None:
         return False
@@ -143,10 +158,62 @@ def stage_kv(backend, forward_batch, layer, k, v, k_scale=None, v_scale=None) ->
     return True
 
 
+# ---------------------------------------------------------------- CUDA-graph capture
+_capture: contextvars.ContextVar = contextvars.ContextVar("nwor_scv_capture", default=None)
+
+
+def begin_graph_capture(graph_runner, size):
+    """Open a capture stage for one verify bucket (SGLANG_NWOR_GRAPH=1 only)."""
+    if not modes().graph_stage:
+        return None
+    mode = getattr(graph_runner, "capture_forward_mode", None)
+    if mode is None or not mode.is_target_verify():
+        return None
+    if getattr(graph_runner, "ragged_verify_mode", False) or getattr(graph_runner, "enable_pdmux", False):
+        return None
+    model_runner = graph_runner.model_runner
+    st = runner_state(model_runner)
+    if st.refusal:
+        return None
+    layers: dict = {}
+    st.graph_stages[int(size)] = layers
+    return _capture.set((model_runner.token_to_kv_pool, layers))
+
+
+def end_graph_capture(graph_runner, size, token, ok: bool) -> None:
+    if token is None:
+        return
+    _capture.reset(token)
+    st = runner_state(graph_runner.model_runner)
+    layers = st.graph_stages.get(int(size))
+    n = len(graph_runner.model_runner.token_to_kv_pool.k_buffer)
+    if not ok or layers is None or len(layers) != n:
+        # The graph may lack some layers' writes: never replay it without them.
+        raise RuntimeError(f"NWOR graph capture of bucket {size} staged "
+                           f"{len(layers or {})} of {n} layers; set SGLANG_NWOR_GRAPH=0")
+    logger.info("NWOR: verify graph bucket %s captured without KV writes (%d layers staged)",
+                size, n)
+
+
+def _stage_captured(capture, backend, forward_batch, layer, k, v, k_scale, v_scale) -> bool:
+    pool, layers = capture
+    if (k is None or v is None or backend.token_to_kv_pool is not pool
+            or not forward_batch.forward_mode.is_target_verify()):
+        return False
+    if not torch.cuda.is_current_stream_capturing():
+        return False  # warm-up forwards before capture write as upstream (dummy slots)
+    # The captured run's k/v live in the graph's memory pool: holding them keeps
+    # them there, and every replay refills them.
+    layers[layer.layer_id] = StagedLayer(k, v, k_scale, v_scale)
+    return True
+
+
 def fused_kv_write_allowed(forward_batch) -> bool:
     """False while a stage is open: rope+KV-write fusion would bypass staging."""
     if not forward_batch.forward_mode.is_target_verify():
         return True
+    if _capture.get() is not None:
+        return False  # capturing a staged verify graph
     try:  # the ambient backend of this forward (SGLang's forward context)
         from sglang.srt.model_executor.forward_context import get_attn_backend, has_forward_context
     except ImportError:  # no forward context: staging will see no rows -> upstream path

@@ -30,6 +30,12 @@ TARGETS = {
     # What: greedy tree/chain verification (called from eagle_sample, EAGLE and NGRAM).
     # Why: SCV runs the fused acceptance kernel instead: same outputs bit for bit, plus
     # the NWOR commit list in the same launch (kernels/verify_accept.py).
+    # What: captures one batch-size bucket of the decode/verify CUDA graph.
+    # Why: with SGLANG_NWOR_GRAPH=1 the verify rows are staged at capture, so the
+    # graph holds no verify KV write; the replayed bucket's stage is committed after
+    # acceptance like an eager one.
+    "graph_capture": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
+                      "DecodeCudaGraphRunner.capture_one_shape"),
     "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
 }
 

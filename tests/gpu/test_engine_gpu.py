@@ -92,3 +92,22 @@ def test_realistic_shape_dummy_weights(tmp_path):
     steps = [json.loads(x) for x in log.read_text().splitlines()]
     assert steps and all(s["ok"] and s["committed"] == s["accepted"] for s in steps)
     assert {1, 8, 32, 64} <= {s["bs"] for s in steps}
+
+
+@pytest.mark.parametrize("spec", ["ngram-tree"])
+def test_graph_staging_opt_in(spec, tiny_models):
+    """SGLANG_NWOR_GRAPH=1: verify graphs are captured without KV writes and every
+    replayed step commits its accepted rows (debug checks on every step)."""
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(GPU_KW, cuda_graph_max_bs_decode=8)
+    off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48,
+                    extra_env={"SGLANG_NWOR_GRAPH": "1"}, **kw)
+    print("GRAPH-STAGING", spec, "identical", off.outputs == on.outputs, "steps", len(on.steps),
+          "staged", sum(s["staged"] for s in on.steps), "committed",
+          sum(s["committed"] for s in on.steps), "all ok", all(s["ok"] for s in on.steps), flush=True)
+    assert off.outputs == on.outputs
+    assert on.steps
+    for s in on.steps:
+        assert s["ok"] and s["committed"] == s["accepted"], s
+        assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
