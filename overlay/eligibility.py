@@ -17,8 +17,11 @@ COMMITTING_ALGORITHMS = frozenset({"EAGLE", "EAGLE3", "STANDALONE", "NGRAM"})
 
 def nwor_refusal(model_runner) -> str | None:
     """None when NWOR can run on this runner, else the reason it cannot."""
-    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
-    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+    try:
+        from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+        from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+    except ImportError as e:  # a release that moved them: step aside, never crash
+        return f"cannot import the supported backend/pool classes ({e})"
 
     args = getattr(model_runner, "server_args", None)
     algo = str(getattr(args, "speculative_algorithm", None) or "").upper()

@@ -131,8 +131,8 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
         st.stage = None
         if not st._graph_note:
             st._graph_note = True
-            logger.info("NWOR: CUDA-graph verify steps keep upstream KV writes "
-                        "(graph-mode staging is not implemented yet); eager steps stage.")
+            logger.info("NWOR: CUDA-graph verify steps keep upstream KV writes; eager steps "
+                        "stage (SGLANG_NWOR_GRAPH=1 stages graph steps too, experimental).")
         return
     if not stage.complete:
         logger.warning("NWOR: %d of %d layers staged; writing the stage whole",
@@ -272,7 +272,8 @@ def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst
     pair = torch.stack([counter[0], accept_lens.to(torch.int64).sum()])
     st.pending = pair if st.pending is None else st.pending + pair
     st.pending_staged += stage.rows
-    st.row_bytes = _row_bytes(stage)
+    if not st.row_bytes:  # the pool's row size never changes: once per runner
+        st.row_bytes = _row_bytes(stage)
     m = modes()
     if m.debug or m.step_log:
         committed, accepted = (int(x) for x in pair.tolist())

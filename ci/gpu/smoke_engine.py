@@ -58,7 +58,8 @@ def versions() -> dict:
 
         out["torch.version.cuda"] = torch.version.cuda
         if torch.cuda.is_available():
-            out["gpu"] = f"{torch.cuda.get_device_name(0)} sm{''.join(map(str, torch.cuda.get_device_capability(0)))}"
+            cap = "".join(map(str, torch.cuda.get_device_capability(0)))
+            out["gpu"] = f"{torch.cuda.get_device_name(0)} sm{cap}"
     except Exception as e:  # noqa: BLE001
         out["torch_error"] = repr(e)
     return out
@@ -191,7 +192,8 @@ def main() -> int:
     import sglang
 
     kw = dict(model_path=a.model_dir, attention_backend="triton", skip_tokenizer_init=True,
-              grammar_backend="none", sampling_backend="pytorch", mem_fraction_static=0.5, cuda_graph_max_bs_decode=8,
+              grammar_backend="none", sampling_backend="pytorch", mem_fraction_static=0.5,
+              cuda_graph_max_bs_decode=8,
               max_running_requests=8, context_length=1024, device=a.device,
               log_level="info", random_seed=0)
     if a.device == "cpu":  # only for checking this script off the GPU (TRITON_INTERPRET=1)

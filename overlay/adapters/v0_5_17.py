@@ -1,45 +1,15 @@
-"""Hook sites in SGLang 0.5.17 (checked against the 0.5.17 wheel; see tests/test_patches.py).
-
-Every upstream target string lives here; the hook bodies (sglang_nwor_scv.hooks)
-are version-agnostic. Each entry: What / Why, in the comment beside it.
+"""Hook sites in SGLang 0.5.17: 0.5.23's table (adapters/v0_5_23.py, What/Why per
+entry) except what moved between the releases, listed here. Every target is checked
+against the 0.5.17 source tree by tests/test_patches.py.
 """
+
+from sglang_nwor_scv.adapters import v0_5_23
 
 VERSION = "0.5.17"
 
 TARGETS = {
-    # What: bracket every TARGET_VERIFY forward of the target model.
-    # Why: opens a fresh stage (a stage from an aborted step can never be committed)
-    # and closes it when the forward returns, checking every layer was staged.
-    "model_forward": "sglang.srt.model_executor.model_runner.ModelRunner.forward",
-    # What: the Triton backend's single KV write site (forward_extend, ~l.1722/1735).
-    # Why: in TARGET_VERIFY the rows are staged instead of written; attention reads
-    # draft rows from the dense k/v, the prefix from the pool, so skipping is safe.
-    "stage_kv": "sglang.srt.layers.attention.triton_backend.TritonAttnBackend._set_kv_buffer",
-    # What: called right after acceptance by EAGLE/STANDALONE (eagle_worker_common
-    # ~l.736) and NGRAM (ngram_worker ~l.487) with accept_lens and accept_index.
-    # Why: the natural commit site: acceptance is known, nothing has read the pool yet.
-    "after_accept": "sglang.srt.speculative.spec_utils.commit_mamba_states_after_verify",
-    # What: copies the accepted tree path to the front of the verify window.
-    # Why: NWOR commits straight to the final slots, so this copy must not run
-    # (it would copy rows that were never written).
-    "accept_move": "sglang.srt.speculative.spec_utils.move_accept_tokens_to_target_kvcache",
-    # What: the gate models with a fused rope+KV write (qwen3_moe, gpt_oss, ...) ask.
-    # Why: a fused write would put verify rows in the pool behind the stage's back;
-    # while a stage is open the gate says no and the rows come to _set_kv_buffer.
-    "fused_kv_gate": "sglang.srt.models.utils.enable_fused_set_kv_buffer",
-    # What: greedy tree/chain verification (called from eagle_sample, EAGLE and NGRAM).
-    # Why: SCV runs the fused acceptance kernel instead: same outputs bit for bit, plus
-    # the NWOR commit list in the same launch (kernels/verify_accept.py).
-    # What: captures one batch-size bucket of the decode/verify CUDA graph.
-    # Why: with SGLANG_NWOR_GRAPH=1 the verify rows are staged at capture, so the
-    # graph holds no verify KV write; the replayed bucket's stage is committed after
-    # acceptance like an eager one.
-    "graph_capture": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
-                      "DecodeCudaGraphRunner.capture_one_shape"),
+    **v0_5_23.TARGETS,
+    # Moved: 0.5.17 defines verify_tree_greedy_func in eagle_utils, its only caller
+    # (0.5.23 moved it to sglang.kernels.ops.speculative.spec_tree).
     "verify_greedy": "sglang.srt.speculative.eagle_utils.verify_tree_greedy_func",
 }
-
-# Upstream names the hooks read (attributes, not code): kept here so a release that
-# renames them fails one test instead of silently disabling the plugin.
-TRITON_BACKEND = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
-MHA_POOL = "sglang.srt.mem_cache.memory_pool.MHATokenToKVPool"

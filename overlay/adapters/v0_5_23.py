@@ -38,8 +38,3 @@ TARGETS = {
                       "DecodeCudaGraphRunner.capture_one_shape"),
     "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
 }
-
-# Upstream names the hooks read (attributes, not code): kept here so a release that
-# renames them fails one test instead of silently disabling the plugin.
-TRITON_BACKEND = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
-MHA_POOL = "sglang.srt.mem_cache.memory_pool.MHATokenToKVPool"
