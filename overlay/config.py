@@ -10,6 +10,9 @@ or plugin registration), so one installed plugin serves every configuration.
 | SGLANG_NWOR_SCV_LOG_INTERVAL| verify steps between log lines  | 100         |
 | SGLANG_NWOR_SCV_FORCE_VERSION | adapter to use on an unsupported SGLang | unset |
 | SGLANG_NWOR_GRAPH           | 0, 1: also stage in CUDA-graph verify (experimental) | 0 |
+| SGLANG_NWOR_SCV_TOTALS      | path: cumulative counters as JSON, rewritten at each flush | unset |
+| SGLANG_NWOR_SCV_PROFILE     | 0, 1: NVTX + torch.profiler ranges (sglang_nwor_scv.profiling) | 0 |
+| SGLANG_NWOR_SCV_PROFILE_STEPS | a:b: cudaProfilerStart/Stop around verify steps a..b-1 | unset |
 
 ``graph`` falls back to ``vectorized`` where no CUDA graph can be captured (CPU).
 """
@@ -39,6 +42,7 @@ class Modes:
     step_log: str | None
     log_interval: int
     graph_stage: bool = False
+    totals_path: str | None = None
 
     @property
     def nwor_on(self) -> bool:
@@ -59,4 +63,5 @@ def modes() -> Modes:
         step_log=os.environ.get("SGLANG_NWOR_SCV_STEP_LOG") or None,
         log_interval=int(os.environ.get("SGLANG_NWOR_SCV_LOG_INTERVAL", "100")),
         graph_stage=os.environ.get("SGLANG_NWOR_GRAPH", "0") == "1",
+        totals_path=os.environ.get("SGLANG_NWOR_SCV_TOTALS") or None,
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import scv, sites
+from sglang_nwor_scv import profiling, scv, sites
 
 logger = logging.getLogger("sglang_nwor_scv")
 
 
 def around_model_forward(original, self, forward_batch, *args, **kwargs):
+    profiling.on_forward(forward_batch)
     if not forward_batch.forward_mode.is_target_verify():
         return original(self, forward_batch, *args, **kwargs)
     sites.begin_verify_forward(self, forward_batch)
@@ -39,10 +40,11 @@ def around_stage_kv(original, self, forward_batch, layer, loc_info, k, v,
 
 def around_after_accept(original, target_worker, batch, accept_lens, accept_index,
                         draft_token_num, *args, **kwargs):
-    sites.commit_after_accept(target_worker, batch, accept_lens, accept_index,
-                              draft_token_num)
-    return original(target_worker, batch, accept_lens, accept_index, draft_token_num,
-                    *args, **kwargs)
+    with profiling.span("nwor_commit"):
+        sites.commit_after_accept(target_worker, batch, accept_lens, accept_index,
+                                  draft_token_num)
+        return original(target_worker, batch, accept_lens, accept_index, draft_token_num,
+                        *args, **kwargs)
 
 
 def around_accept_move(original, batch, *args, **kwargs):
@@ -69,8 +71,9 @@ def around_graph_capture(original, self, size, *args, **kwargs):
 
 
 def around_verify_greedy(original, *args, **kwargs):
-    done = scv.try_verify_greedy(*args, **kwargs)
-    return done if done is not None else original(*args, **kwargs)
+    with profiling.span("scv_compute_mask"):
+        done = scv.try_verify_greedy(*args, **kwargs)
+        return done if done is not None else original(*args, **kwargs)
 
 
 HOOKS = {

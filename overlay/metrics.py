@@ -17,9 +17,10 @@ logger = logging.getLogger(__name__)
 _NAMES = {
     "staged": ("sglang:nwor_tokens_staged", "Verify tokens whose K/V NWOR staged"),
     "committed": ("sglang:nwor_tokens_committed", "Staged tokens written to the KV pool"),
+    "accepted": ("sglang:nwor_tokens_accepted", "Tokens verify accepted in NWOR-staged steps"),
     "bytes_saved": ("sglang:nwor_kv_bytes_not_written", "KV bytes of rejected rows never written"),
     "flushed": ("sglang:nwor_stages_flushed", "Stages written whole (upstream behaviour) as a fallback"),
-    "violations": ("sglang:nwor_invariant_violations", "Invariant checks that failed (debug mode)"),
+    "violations": ("sglang:nwor_invariant_violations", "Failed invariant checks (committed != accepted)"),
     "scv_kernel": ("sglang:scv_fused_verify_steps", "Verify steps accepted by the fused SCV kernel"),
     "scv_graph": ("sglang:scv_graph_replays", "SCV verify steps replayed from a CUDA graph"),
     "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),

@@ -47,6 +47,7 @@ class RunnerState:
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
         self.graph_stages: dict[int, dict] = {}  # bucket bs -> {layer_id: StagedLayer}
+        self.tp_rank = int(getattr(model_runner, "tp_rank", 0) or 0)
         self._graph_note = False
         if self.refusal:
             logger.warning("NWOR disabled for this model runner: %s", self.refusal)
@@ -277,7 +278,8 @@ def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst
     m = modes()
     if m.debug or m.step_log:
         committed, accepted = (int(x) for x in pair.tolist())
-        record = {"step": st.steps, "bs": int(accept_lens.shape[0]), "staged": stage.rows,
+        record = {"step": st.steps, "rank": st.tp_rank, "bs": int(accept_lens.shape[0]),
+                  "staged": stage.rows,
                   "scv": scv,
                   "verify_rows": int(stage.out_cache_loc.numel()),
                   "layers": len(stage.layers), "committed": committed, "accepted": accepted}
@@ -303,13 +305,21 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
     scv = take_counts()
     st.metrics.add(scv_kernel=scv["fused"], scv_fallback=scv["fallback"])
     if st.pending is not None:
-        committed, _accepted = (int(x) for x in st.pending.tolist())
+        committed, accepted = (int(x) for x in st.pending.tolist())
         staged = st.pending_staged
         st.pending, st.pending_staged = None, 0
-        st.metrics.add(staged=staged, committed=committed,
+        st.metrics.add(staged=staged, committed=committed, accepted=accepted,
                        bytes_saved=(staged - committed) * st.row_bytes)
+        checked_per_step = modes().debug or modes().step_log  # counted in _account already
+        if committed != accepted and not checked_per_step:
+            st.metrics.add(violations=1)
+            logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
     if log:
         logger.info(st.metrics.summary())
+    totals = modes().totals_path
+    if totals:  # measurement runs: cumulative counters of this process
+        with open(totals, "w") as f:
+            json.dump(dict(st.metrics.totals, steps=st.steps), f)
 
 
 def _row_bytes(stage: VerifyStage) -> int:

@@ -82,7 +82,8 @@ def engine_kwargs(spec: str, models: Path, **overrides) -> dict:
     kw = dict(
         model_path=str(models / "target"), attention_backend="triton",
         skip_tokenizer_init=True, grammar_backend="none", sampling_backend="pytorch",
-        max_running_requests=16, log_level="warning", random_seed=0,
+        max_running_requests=16, random_seed=0,
+        log_level=os.environ.get("NWOR_SCV_ENGINE_LOG_LEVEL", "warning"),
         mem_fraction_static=0.5,
     )
     if cpu:

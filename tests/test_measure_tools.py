@@ -1,0 +1,69 @@
+"""The measurement tools on the real engine (CPU: tiny model pair, Triton interpreter).
+
+tools/measure_engine.py runs SGLang's own profiler; the plugin's ``verify_step``,
+``scv_compute_mask`` and ``nwor_commit`` ranges must appear in the Chrome trace once
+per verify step, and tools/trace_stats.py must reduce them. tools/measure_ncu.py's
+CSV reduction is checked on a hand-written ncu CSV (ncu needs a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tools.engine_run import REPO
+from tools.measure_ncu import parse_csv, split_steps, step_metrics
+
+
+@pytest.mark.engine
+def test_profile_ranges_once_per_verify_step(tmp_path, tiny_models):
+    cmd = [sys.executable, str(REPO / "tools" / "measure_engine.py"), "--out", str(tmp_path),
+           "--model", "tiny", "--specs", "ngram-tree", "--modes", "plugin-off,off,nwor+scv",
+           "--bs", "2", "--sampling", "greedy", "--tokens", "24", "--profile-bs", "2",
+           "--profile-tokens", "10", "--no-gpm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = json.loads((tmp_path / "sweep.json").read_text())["points"]
+    assert [p["mode"] for p in points] == ["plugin-off", "off", "nwor+scv"]
+    assert all(p["tokens"] == 48 and p["throughput_tok_s"] > 0 for p in points), points
+    on = points[-1]["invariants"]
+    assert on is not None and on["staged"] > on["committed"] == on["accepted"] > 0, on
+    assert on["violations"] == 0
+    runs = {r["mode"]: r for r in json.loads((tmp_path / "profile.json").read_text())["runs"]}
+    assert runs["plugin-off"]["steps"] == 0  # no plugin, no ranges
+    for mode in ("off", "nwor+scv"):
+        r = runs[mode]
+        assert r["steps"] >= 3, r
+        assert r["ranges"]["scv_compute_mask"]["count"] >= r["steps"] - 1, r
+        assert r["ranges"]["nwor_commit"]["count"] >= r["steps"] - 1, r
+        assert r["per_step"]["host_us"] > r["ranges"]["scv_compute_mask"]["host_us"] > 0
+        assert (tmp_path / r["trace"]).exists()
+
+
+def _csv(rows):
+    head = '"ID","Process ID","Kernel Name","Metric Name","Metric Unit","Metric Value"'
+    lines = [head] + [f'"{i}","7","{k}","{m}","{u}","{v}"' for i, k, m, u, v in rows]
+    return "==PROF== Connected\n" + "\n".join(lines) + "\n"
+
+
+def test_ncu_csv_reduced_per_marked_step():
+    w, r, t, p = ("dram__bytes_write.sum", "dram__bytes_read.sum", "gpu__time_duration.sum",
+                  "dram__throughput.avg.pct_of_peak_sustained_elapsed")
+    text = _csv([
+        (0, "spin_kernel(long)", w, "byte", "0"), (0, "spin_kernel(long)", t, "nsecond", "1"),
+        (1, "gemm", w, "Kbyte", "2"), (1, "gemm", r, "Mbyte", "1,000"), (1, "gemm", t, "usecond", "3"),
+        (1, "gemm", p, "%", "50"),
+        (2, "store_kvcache<2048>", w, "byte", "500"), (2, "store_kvcache<2048>", t, "usecond", "1"),
+        (2, "store_kvcache<2048>", p, "%", "10"),
+        (3, "spin_kernel(long)", w, "byte", "0"),
+        (4, "gemm", w, "byte", "7"),
+    ])
+    steps = split_steps(parse_csv(text))
+    assert [len(s) for s in steps] == [2, 1]
+    m = step_metrics(steps[0])
+    assert m[w] == 2000 + 500 and m[r] == 1e9 and m[t] == 4000
+    assert m[p] == pytest.approx((50 * 3000 + 10 * 1000) / 4000)  # time-weighted
+    assert step_metrics(steps[1])[w] == 7

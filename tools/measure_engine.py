@@ -1,0 +1,257 @@
+"""Decode latency/throughput sweep and per-step launch counts of the real engine, per mode.
+
+One engine per (speculative config, mode). In it, for every sampling kind and batch
+size: one warm-up batch, then a timed batch (``ignore_eos``, fixed output length)
+with the NVML GPM sampler running; then, optionally, one batch under SGLang's own
+torch profiler, whose Chrome trace tools/trace_stats.py reduces to launches, CUDA
+API calls, host and GPU time per verify step.
+
+Modes (plugin on/off via SGLang's ``SGLANG_PLUGINS``; features via the plugin's env):
+
+| mode      | plugin | SGLANG_NWOR_MODE | SGLANG_SCV_MODE |
+|-----------|--------|------------------|-----------------|
+| plugin-off| no     |                  |                 |
+| off       | yes    | off              | off             |
+| nwor      | yes    | stage            | off             |
+| scv       | yes    | off              | graph           |
+| nwor+scv  | yes    | stage            | graph           |
+
+With CUDA graphs on, plugin modes also set ``SGLANG_NWOR_GRAPH=1`` so graph-replayed
+verify steps stage too. Results are appended to OUT/sweep.json and OUT/profile.json.
+
+    python tools/measure_engine.py --out OUT --model llama3-8b --specs ngram-tree \\
+        --modes plugin-off,nwor+scv --bs 1,8,32,64,128 --profile-bs 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.engine_run import REPO, SPEC_CONFIGS, engine_kwargs, has_cuda  # noqa: E402
+from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
+
+MODES = {
+    "plugin-off": None,
+    "off": {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off"},
+    "nwor": {"SGLANG_NWOR_MODE": "stage", "SGLANG_SCV_MODE": "off"},
+    "scv": {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "graph"},
+    "nwor+scv": {"SGLANG_NWOR_MODE": "stage", "SGLANG_SCV_MODE": "graph"},
+}
+
+# Speculative configs for the Llama-3-8B-shaped dummy model: NGRAM needs no draft model,
+# and SGLANG_SIMULATE_ACC_LEN sets acceptance (dummy weights accept nothing by themselves).
+REALISTIC_SPECS = {
+    "ngram-chain": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
+                        speculative_ngram_max_bfs_breadth=1),
+    "ngram-tree": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=8,
+                       speculative_ngram_max_bfs_breadth=4),
+}
+SAMPLING = {"greedy": {"temperature": 0.0}, "sampling": {"temperature": 0.7, "top_p": 0.9}}
+
+
+def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
+    features = MODES[mode]
+    if features is None:
+        return False, {}
+    env = dict(features, SGLANG_NWOR_SCV_TOTALS=str(totals), SGLANG_NWOR_SCV_LOG_INTERVAL="16",
+               SGLANG_NWOR_SCV_PROFILE="1")
+    if graphs:
+        env["SGLANG_NWOR_GRAPH"] = "1"
+    return True, env
+
+
+def build_engine_kwargs(args, spec: str, model_dir: Path) -> dict:
+    if args.model == "tiny":
+        kw = engine_kwargs(spec, model_dir)
+        if has_cuda():
+            kw.update(dtype="bfloat16", mem_fraction_static=0.3)
+    else:
+        kw = engine_kwargs("ngram-tree", model_dir, model_path=str(model_dir), load_format="dummy",
+                           dtype="bfloat16", mem_fraction_static=0.8)
+        for key in SPEC_CONFIGS["ngram-tree"]:
+            kw.pop(key, None)
+        kw.update(REALISTIC_SPECS[spec])
+    kw.update(max_running_requests=max(args.bs + [args.profile_bs]), log_level="error")
+    if has_cuda():
+        kw["disable_cuda_graph"] = not args.graphs
+        if args.graphs:
+            kw["cuda_graph_max_bs_decode"] = max(args.bs + [args.profile_bs])
+    if args.tp > 1:
+        kw["tp_size"] = args.tp
+    return kw
+
+
+def prompts_for(bs: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    return [[(seed * 7919 + i * 104729 + j * 31) % (vocab - 300) + 256 for j in range(length)]
+            for i in range(bs)]
+
+
+def timed_batch(engine, prompts, params, gpm: bool) -> tuple[float, list, dict | None]:
+    sampler = None
+    if gpm:
+        try:
+            from tools.gpm_sampler import GpmSampler
+
+            sampler = GpmSampler()
+        except ImportError:
+            sampler = None
+    t0 = time.perf_counter()
+    if sampler is not None:
+        with sampler:
+            out = engine.generate(input_ids=prompts, sampling_params=params)
+    else:
+        out = engine.generate(input_ids=prompts, sampling_params=params)
+    wall = time.perf_counter() - t0
+    return wall, out, (sampler.summary() if sampler is not None else None)
+
+
+def read_totals(path: Path) -> dict | None:
+    """The plugin's cumulative counters for this engine (steps, staged, committed,
+    accepted, violations, ...), as of its last flush (every 16 verify steps)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]:
+    import sglang as sgl
+
+    totals = Path(tempfile.mkstemp(prefix="nwor-scv-totals-", suffix=".json")[1])
+    totals.unlink()
+    plugin_on, env = mode_env(mode, args.graphs, totals)
+    if args.acc_len and args.model != "tiny":
+        env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
+    old = prepare_process_env(plugin_on, env)
+    points, profiles = [], []
+    t_start = time.perf_counter()
+    try:
+        engine = sgl.Engine(**build_engine_kwargs(args, spec, model_dir))
+        start_s = time.perf_counter() - t_start
+        vocab = 260 if args.model == "tiny" else 128256
+        try:
+            for kind in args.sampling:
+                for bs in args.bs:
+                    params = dict(SAMPLING[kind], max_new_tokens=args.tokens, ignore_eos=True)
+                    engine.generate(input_ids=prompts_for(bs, args.prompt_len, vocab, 1),
+                                    sampling_params=dict(params, max_new_tokens=8))
+                    wall, out, gpm = timed_batch(engine, prompts_for(bs, args.prompt_len, vocab, 2),
+                                                 params, args.gpm)
+                    tokens = sum(o["meta_info"]["completion_tokens"] for o in out)
+                    verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in out)
+                    after = read_totals(totals)
+                    points.append({
+                        "spec": spec, "mode": mode, "sampling": kind, "bs": bs, "requests": bs,
+                        "tokens": tokens, "wall_s": wall, "throughput_tok_s": tokens / wall,
+                        "latency_ms_per_token": 1e3 * wall / args.tokens,
+                        "accept_length": tokens / verify if verify else None,
+                        "engine_start_s": start_s, "gpm": gpm,
+                        "invariants": after,
+                    })
+                    print(json.dumps(points[-1]), flush=True)
+            if args.profile_bs:
+                profiles.append(profile_batch(args, engine, spec, mode, vocab))
+        finally:
+            engine.shutdown()
+    finally:
+        restore_env(old)
+        totals.unlink(missing_ok=True)
+    return points, profiles
+
+
+def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
+    from tools.trace_stats import load, summarize
+
+    trace_dir = args.out / "traces" / f"{spec}_{mode.replace('+', '_')}"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(SAMPLING["greedy"], max_new_tokens=args.profile_tokens, ignore_eos=True)
+    prompts = prompts_for(args.profile_bs, args.prompt_len, vocab, 3)
+    engine.generate(input_ids=prompts, sampling_params=dict(params, max_new_tokens=4))
+    activities = ["CPU", "GPU"] if has_cuda() else ["CPU"]
+    engine.start_profile(output_dir=str(trace_dir), activities=activities, with_stack=False,
+                         record_shapes=False)
+    engine.generate(input_ids=prompts, sampling_params=params)
+    engine.stop_profile()
+    traces = sorted(trace_dir.rglob("*.trace.json*"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        return {"spec": spec, "mode": mode, "bs": args.profile_bs, "error": "no trace written"}
+    ranges = summarize(load(traces[-1]))
+    step = ranges.pop("verify_step", None)
+    return {"spec": spec, "mode": mode, "bs": args.profile_bs,
+            "steps": step["count"] if step else 0,
+            "per_step": {k: v for k, v in (step or {}).items() if k != "count"},
+            "ranges": ranges, "trace": str(traces[-1].relative_to(args.out))}
+
+
+def append_json(path: Path, key: str, rows: list, meta: dict) -> None:
+    data = json.loads(path.read_text()) if path.exists() else dict(meta, **{key: []})
+    data[key].extend(rows)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def card() -> str:
+    if not has_cuda():
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--specs", default="ngram-chain,ngram-tree")
+    ap.add_argument("--modes", default="plugin-off,nwor+scv")
+    ap.add_argument("--bs", default="1,8,32,64,128")
+    ap.add_argument("--sampling", default="greedy,sampling")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--acc-len", type=float, default=2.5, help="SGLANG_SIMULATE_ACC_LEN (dummy model)")
+    ap.add_argument("--profile-bs", type=int, default=32, help="0: no profiler run")
+    ap.add_argument("--profile-tokens", type=int, default=24)
+    ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--gpm", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--tp", type=int, default=1)
+    args = ap.parse_args()
+    args.bs = [int(x) for x in args.bs.split(",")]
+    args.sampling = args.sampling.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.model == "tiny":
+        from tools.make_tiny_models import ensure
+
+        model_dir = ensure(REPO / ".fixtures" / "tiny")
+        model_name = "tiny trained Llama pair (tools/make_tiny_models.py)"
+    else:
+        from tools.realistic_model import write_llama3_8b
+
+        model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
+        model_name = f"Llama-3-8B shape, {args.layers} layers, dummy weights"
+    meta = {"card": card(), "model": model_name, "graphs": args.graphs, "tp": args.tp,
+            "acc_len": args.acc_len if args.model != "tiny" else None}
+    for spec in args.specs.split(","):
+        for mode in args.modes.split(","):
+            print(f"=== {spec} {mode}", flush=True)
+            try:
+                points, profiles = run_config(args, spec, mode, model_dir)
+            except Exception as exc:  # record and go on: one bad config must not hide the rest
+                print(f"FAILED {spec} {mode}: {exc!r}", flush=True)
+                points = [{"spec": spec, "mode": mode, "error": repr(exc)[:500]}]
+                profiles = []
+            append_json(args.out / "sweep.json", "points", points, meta)
+            if profiles:
+                append_json(args.out / "profile.json", "runs", profiles, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
