@@ -157,8 +157,10 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
                         "invariants": after,
                     })
                     print(json.dumps(points[-1]), flush=True)
+                    _stream(args, "points", points[-1])
             if args.profile_bs:
                 profiles.append(profile_batch(args, engine, spec, mode, vocab))
+                _stream(args, "runs", profiles[-1])
         finally:
             engine.shutdown()
     finally:
@@ -189,6 +191,34 @@ def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
             "steps": step["count"] if step else 0,
             "per_step": {k: v for k, v in (step or {}).items() if k != "count"},
             "ranges": ranges, "trace": str(traces[-1].relative_to(args.out))}
+
+
+def _stream(args, key: str, row: dict) -> None:
+    """Each result is on disk as soon as it exists: an engine crash keeps the earlier ones."""
+    with open(args.out / f".{key}.partial.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _take_stream(out: Path, key: str) -> list:
+    path = out / f".{key}.partial.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    path.unlink(missing_ok=True)
+    return rows
+
+
+def run_config_isolated(args, spec: str, mode: str) -> tuple[list, list, str | None]:
+    """One (spec, mode) engine in a child process: SGLang answers a scheduler crash by
+    killing its parent, which must not take the other configs' results with it."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, *args.argv, "--specs", spec, "--modes", mode, "--in-process"]
+    try:
+        proc = subprocess.run(cmd, timeout=args.config_timeout, capture_output=True, text=True)
+        error = None if proc.returncode == 0 else f"rc {proc.returncode}: {proc.stderr[-800:]}"
+        sys.stdout.write(proc.stdout[-4000:])
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {args.config_timeout} s"
+    return _take_stream(args.out, "points"), _take_stream(args.out, "runs"), error
 
 
 def append_json(path: Path, key: str, rows: list, meta: dict) -> None:
@@ -222,7 +252,12 @@ def main() -> int:
     ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--gpm", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--config-timeout", type=int, default=300, help="seconds per (spec, mode) engine")
+    ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    skip = {"--specs", "--modes"}
+    raw = sys.argv[1:]
+    args.argv = [a for i, a in enumerate(raw) if a not in skip and (i == 0 or raw[i - 1] not in skip)]
     args.bs = [int(x) for x in args.bs.split(",")]
     args.sampling = args.sampling.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,15 +273,16 @@ def main() -> int:
         model_name = f"Llama-3-8B shape, {args.layers} layers, dummy weights"
     meta = {"card": card(), "model": model_name, "graphs": args.graphs, "tp": args.tp,
             "acc_len": args.acc_len if args.model != "tiny" else None}
+    if args.in_process:
+        run_config(args, args.specs, args.modes, model_dir)
+        return 0
     for spec in args.specs.split(","):
         for mode in args.modes.split(","):
             print(f"=== {spec} {mode}", flush=True)
-            try:
-                points, profiles = run_config(args, spec, mode, model_dir)
-            except Exception as exc:  # record and go on: one bad config must not hide the rest
-                print(f"FAILED {spec} {mode}: {exc!r}", flush=True)
-                points = [{"spec": spec, "mode": mode, "error": repr(exc)[:500]}]
-                profiles = []
+            points, profiles, error = run_config_isolated(args, spec, mode)
+            if error:  # record and go on: one bad config must not hide the rest
+                print(f"FAILED {spec} {mode}: {error[-300:]}", flush=True)
+                points.append({"spec": spec, "mode": mode, "error": error})
             append_json(args.out / "sweep.json", "points", points, meta)
             if profiles:
                 append_json(args.out / "profile.json", "runs", profiles, meta)
