@@ -2,12 +2,17 @@
 
 Runs on the CPU through the Triton interpreter (set before triton is imported),
 or on CUDA when there is a GPU. SGLang's Triton implementations are the oracle:
-``verify_tree_greedy_triton`` (acceptance), ``fill_bonus_tokens`` and
-``prepare_verify_commit_outputs`` (bonus), ``fill_front_out_cache_loc_func`` +
-``fill_accept_out_cache_loc_func`` (the KV move NWOR's commit list replaces).
-Trees come from SGLang's own builders: ``build_chain_tree`` (EAGLE topk=1),
-``sgl_build_tree_kernel_triton`` fed by a simulated EAGLE draft (topk > 1), and
-``reconstruct_indices_from_tree_mask_triton`` fed by NGRAM-style BFS tries.
+``verify_tree_greedy_triton`` (acceptance), the bonus token as the EAGLE worker
+computes it (``fill_bonus_tokens_func``, and 0.5.23's fused
+``prepare_verify_commit_outputs``) and the KV move NWOR's commit list replaces
+(``move_accept_tokens_to_target_kvcache``). Trees come from SGLang's own
+builders: the EAGLE topk=1 chain builder, ``sgl_build_tree_kernel_triton`` fed
+by a simulated EAGLE draft (topk > 1), and the NGRAM
+``reconstruct_indices_from_tree_mask`` fed by BFS tries.
+
+Every SGLang function comes from the installed version through
+``tests/sglang_spec_ops.py`` (SGLang 0.5.23 or 0.5.17; the table there says
+where each one lives and what stands in where 0.5.17 has none).
 
 The tree generators here are reused by ``tests/gpu/test_verify_accept_gpu.py``
 and ``tests/gpu/bench_verify_accept.py``.
@@ -30,6 +35,7 @@ if not torch.cuda.is_available():
     sglang_cpu_test_shims.install()  # sgl_kernel.speculative stand-in for reconstruct_tree
 
 import pytest  # noqa: E402
+import sglang_spec_ops as spec_ops  # noqa: E402  (tests/: SGLang's ops for the installed version)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -79,13 +85,13 @@ class VerifyCase:
 
 
 def chain_tree(bs: int, n: int, gen: torch.Generator, device=DEVICE):
-    """EAGLE topk=1: SGLang's ``build_chain_tree`` (N = spec_steps + 1)."""
-    from sglang.kernels.ops.speculative.eagle import build_chain_tree
-
+    """EAGLE topk=1 (N = spec_steps + 1): SGLang's chain builder
+    (``spec_ops.build_chain``: 0.5.23's ``build_chain_tree``, 0.5.17's
+    ``build_tree_kernel_efficient`` with topk=1)."""
     bonus = torch.randint(0, VOCAB, (bs,), generator=gen).to(device)
     drafts = torch.randint(0, VOCAB, (bs, n - 1), generator=gen).to(device)
     seq_lens = torch.full((bs,), 7, dtype=torch.int64, device=device)
-    _, _, ri, nt, ns, tokens, _, _ = build_chain_tree(bonus, drafts, seq_lens)
+    tokens, ri, nt, ns = spec_ops.build_chain(bonus, drafts, seq_lens)
     return tokens.view(bs, n).clone(), ri.clone(), nt.clone(), ns.clone()
 
 
@@ -101,10 +107,8 @@ def eagle_tree(bs: int, topk: int, steps: int, n: int, gen: torch.Generator, dev
     ``sgl_build_tree_kernel_triton``. Probabilities lie in (0, 1), so a child's
     score is below its parent's and the selected set is ancestor-closed, as in
     a real draft."""
-    from sglang.kernels.ops.speculative.spec_tree import (
-        TreeMaskMode,
-        sgl_build_tree_kernel_triton,
-    )
+    TreeMaskMode = spec_ops.get("TreeMaskMode")
+    sgl_build_tree_kernel_triton = spec_ops.get("sgl_build_tree_kernel_triton")
 
     assert 1 <= n - 1 <= topk + (steps - 1) * topk * topk
 
@@ -151,10 +155,9 @@ def ngram_tree(bs: int, n: int, max_branch: int, gen: torch.Generator, device=DE
     """NGRAM: BFS tries like ``fillResult`` in SGLang's ngram corpus (children get
     distinct tokens; the node budget cuts the BFS; the rest is zero padding:
     token 0 hanging off the root), turned into a tree mask and decoded by
-    SGLang's ``reconstruct_indices_from_tree_mask_triton``."""
-    from sglang.kernels.ops.speculative.reconstruct_tree import (
-        reconstruct_indices_from_tree_mask_triton,
-    )
+    SGLang's ``reconstruct_indices_from_tree_mask`` (0.5.23: its Triton
+    version; 0.5.17: the ``sgl_kernel`` CUDA op its NGRAM worker runs)."""
+    reconstruct_indices_from_tree_mask = spec_ops.get("reconstruct_indices_from_tree_mask")
 
     tokens = torch.zeros((bs, n), dtype=torch.long)
     mask = torch.zeros((bs, n, n), dtype=torch.bool)
@@ -179,7 +182,7 @@ def ngram_tree(bs: int, n: int, max_branch: int, gen: torch.Generator, device=DE
         tokens[b] = torch.tensor(toks)
 
     retrieve = torch.full((3, bs, n), -1, dtype=torch.long, device=device)
-    reconstruct_indices_from_tree_mask_triton(
+    reconstruct_indices_from_tree_mask(
         mask.flatten().to(device),
         torch.full((bs,), 5, dtype=torch.long, device=device),
         torch.empty((bs * n,), dtype=torch.long, device=device),
@@ -290,7 +293,7 @@ def sglang_verify(case: VerifyCase, fn=None):
     row SGLang's kernel reads and writes flat index -1, just outside them.
     Returns (predict, accept_index, num_correct_drafts)."""
     if fn is None:
-        from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_triton as fn
+        fn = spec_ops.get("verify_tree_greedy_triton")
     bs, n = case.candidates.shape
     guard, total = 8, bs * n
     dev = case.candidates.device
@@ -314,29 +317,20 @@ def sglang_verify(case: VerifyCase, fn=None):
 
 
 def sglang_glue(case: VerifyCase, predict, accept_index, num_correct):
-    """What run_eagle_verify / move_accept_tokens_to_target_kvcache compute next:
-    bonus two ways, and the packed (src slot, dst slot) lists of the KV move."""
-    from sglang.kernels.ops.speculative.cache_locs import fill_front_out_cache_loc_func
-    from sglang.kernels.ops.speculative.eagle import (
-        fill_accept_out_cache_loc_func,
-        fill_bonus_tokens_func,
-        prepare_verify_commit_outputs,
-    )
-
-    bs, d = accept_index.shape
+    """What the EAGLE worker's verify computes next, with the installed SGLang's
+    ops: the bonus two ways (``fill_bonus_tokens_func``, and the commit outputs:
+    0.5.23's fused ``prepare_verify_commit_outputs``, 0.5.17's
+    ``seq_lens + accept_lens`` and ``fill_bonus_tokens_func``), and the packed
+    (src slot, dst slot) lists of ``move_accept_tokens_to_target_kvcache``."""
+    bs, n = case.candidates.shape
     dev = predict.device
     accept_lens = num_correct + 1
-    bonus_fill = torch.empty_like(accept_lens)
-    fill_bonus_tokens_func(predict[accept_index], accept_lens, bonus_fill, d, bs)
+    bonus_fill = spec_ops.fill_bonus(predict, accept_index, accept_lens)
     seq_lens = torch.full((bs,), 9, dtype=torch.int64, device=dev)
-    new_seq_lens, bonus_fused = prepare_verify_commit_outputs(predict, accept_index, accept_lens, seq_lens)
+    new_seq_lens, bonus_commit = spec_ops.commit_outputs(predict, accept_index, accept_lens, seq_lens)
     assert torch.equal(new_seq_lens, seq_lens + accept_lens)
-    size = bs * d
-    tgt = torch.zeros(size, dtype=torch.int64, device=dev)
-    src = torch.zeros(size, dtype=torch.int64, device=dev)
-    fill_front_out_cache_loc_func(accept_lens, case.out_cache_loc, tgt)
-    fill_accept_out_cache_loc_func(accept_index, case.out_cache_loc, src, size)
-    return bonus_fill, bonus_fused, src, tgt
+    tgt, src = spec_ops.KVMove(case.out_cache_loc, seq_lens, n)(accept_index, num_correct)
+    return bonus_fill, bonus_commit, src, tgt
 
 
 def assert_outputs_equal(got: VerifyAcceptOutputs, want: VerifyAcceptOutputs, what=""):
@@ -360,9 +354,9 @@ def check_case(case: VerifyCase, out: VerifyAcceptOutputs | None = None, sglang_
     assert torch.equal(got.num_correct_drafts, num_correct)
     assert torch.equal(got.accept_lens, num_correct + 1)
 
-    bonus_fill, bonus_fused, src_slots, dst_slots = sglang_glue(case, predict, accept_index, num_correct)
+    bonus_fill, bonus_commit, src_slots, dst_slots = sglang_glue(case, predict, accept_index, num_correct)
     assert torch.equal(got.bonus_tokens, bonus_fill)
-    assert torch.equal(got.bonus_tokens, bonus_fused)
+    assert torch.equal(got.bonus_tokens, bonus_commit)
 
     live = got.commit_src >= 0
     assert torch.equal(live, got.commit_dst >= 0)

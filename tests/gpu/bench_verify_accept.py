@@ -1,6 +1,6 @@
 """Benchmark: fused greedy acceptance vs the upstream ops it replaces.
 
-Run on a GPU host with SGLang 0.5.23:
+Run on a GPU host with SGLang 0.5.23 or 0.5.17:
 ``pytest tests/gpu/bench_verify_accept.py -m gpu --benchmark-enable -s``
 (without ``--benchmark-enable`` each case runs once, as a correctness check).
 
@@ -8,22 +8,28 @@ Per (tree, batch) it checks correctness once, then times
 
 - ``ours-eager``: one ``verify_accept_greedy`` launch into preallocated outputs;
 - ``ours-graph``: the same launch replayed from a ``torch.cuda.CUDAGraph``;
-- ``upstream``: what ``eagle_sample`` + ``run_eagle_verify`` run after the argmax
-  on CUDA (SGLang 0.5.23): ``torch.zeros``/``torch.full``/``torch.empty``
-  buffers, ``verify_tree_greedy_func`` (the CUDA kernel), ``accept_lens = +1``,
-  ``prepare_verify_commit_outputs`` (bonus and new seq_lens), and the commit list
-  SGLang builds in ``move_accept_tokens_to_target_kvcache``
-  (``fill_front_out_cache_loc_func`` + ``fill_accept_out_cache_loc_func``, with
-  the ``accept_lens - 1`` / ``+ 1`` round trip of ``_finalize_accept_tree_path``).
-  For chains (topk = 1) upstream skips the move (the path is already in front),
-  so ``upstream`` there is run without the commit list, and
-  ``upstream+commit`` with it (what NWOR needs either way);
+- ``upstream``: what the installed SGLang's ``eagle_sample`` + EAGLE verify run
+  after the argmax on CUDA, with its own ops (``tests/sglang_spec_ops.py``):
+  ``torch.zeros``/``torch.full``/``torch.empty`` buffers,
+  ``verify_tree_greedy_func`` (the CUDA kernel), ``accept_lens = +1``, then the
+  bonus and new seq_lens (0.5.23: ``prepare_verify_commit_outputs``; 0.5.17:
+  ``seq_lens + accept_lens``, ``predict[accept_index]``,
+  ``fill_bonus_tokens_func``), and the commit list SGLang builds in
+  ``move_accept_tokens_to_target_kvcache`` (run itself, on a stand-in batch
+  whose KV pool records the two slot lists instead of moving), called with the
+  ``accept_lens - 1`` of ``_finalize_accept_tree_path``. Inside it 0.5.23 reads
+  the targets from the verify window (``fill_front_out_cache_loc_func``), 0.5.17
+  from ``req_to_token`` (``assign_extend_cache_locs``); both then run
+  ``fill_accept_out_cache_loc_func``. For chains (topk = 1) upstream skips the
+  move (the path is already in front), so ``upstream`` there is run without the
+  commit list, and ``upstream+commit`` with it (what NWOR needs either way);
 - ``upstream-graph``: the same ops captured in a CUDA graph, when capturable.
 
 The pytest-benchmark timings are host-visible step latency (call +
 ``torch.cuda.synchronize()``). Each case also prints the mean device-side time
 per call over back-to-back calls (CUDA events) and the kernels launched per call
-(torch.profiler) beside the count expected from ``UPSTREAM_LAUNCHES``.
+(torch.profiler) beside the count expected from the ``UPSTREAM_*`` tables of
+the installed version.
 """
 
 from __future__ import annotations
@@ -40,19 +46,15 @@ if not torch.cuda.is_available():
 pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sglang_spec_ops as spec_ops  # noqa: E402  (SGLang's ops for the installed version)
 import test_verify_accept as cases  # noqa: E402  (tree generators and checks)
-try:  # the upstream glue this benchmark replays exists from SGLang 0.5.23 on
-    from sglang.kernels.ops.speculative.cache_locs import (  # noqa: E402
-        fill_front_out_cache_loc_func,
-    )
-    from sglang.kernels.ops.speculative.eagle import (  # noqa: E402
-        fill_accept_out_cache_loc_func,
-        prepare_verify_commit_outputs,
-    )
-    from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
-except ImportError as e:
-    pytest.skip(f"upstream baseline ops of SGLang 0.5.23 not importable: {e}",
-                allow_module_level=True)
+
+try:  # the upstream ops this benchmark replays, from the installed version
+    verify_tree_greedy_func = spec_ops.get("verify_tree_greedy_func")
+    spec_ops.get("fill_bonus_tokens_func")
+    spec_ops.get("move_accept_tokens_to_target_kvcache")
+except spec_ops.MissingSpecOp as e:
+    pytest.skip(f"upstream baseline ops not importable: {e}", allow_module_level=True)
 
 from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
@@ -66,14 +68,31 @@ UPSTREAM_LAUNCHES = {
     "torch.empty(num_correct_drafts)": 0,
     "verify_tree_greedy": 1,
     "accept_lens = num_correct_drafts + 1": 1,
-    "prepare_verify_commit_outputs (2 empty + kernel)": 1,
 }
+if spec_ops.has("prepare_verify_commit_outputs"):  # 0.5.23
+    UPSTREAM_LAUNCHES["prepare_verify_commit_outputs (2 empty + kernel)"] = 1
+else:  # 0.5.17
+    UPSTREAM_LAUNCHES.update(
+        {
+            "new_seq_lens = seq_lens + accept_lens": 1,
+            "predict[accept_index]": 1,
+            "torch.empty_like(bonus)": 0,
+            "fill_bonus_tokens": 1,
+        }
+    )
 UPSTREAM_COMMIT_LAUNCHES = {
-    "accept_lens - 1, + 1": 2,
+    "accept_lens - 1": 1,
     "torch.zeros x2 (tgt, src slot lists)": 2,
-    "fill_front_out_cache_loc (arange, zeros_like, kernel)": 3,
     "fill_accept_out_cache_loc": 1,
 }
+if spec_ops.has("fill_front_out_cache_loc_func"):  # 0.5.23
+    UPSTREAM_COMMIT_LAUNCHES.update(
+        {"num_correct_drafts + 1": 1, "fill_front_out_cache_loc (arange, zeros_like, kernel)": 3}
+    )
+else:  # 0.5.17
+    UPSTREAM_COMMIT_LAUNCHES.update(
+        {"seq_lens + num_correct_drafts + 1": 2, "assign_extend_cache_locs (req_to_token)": 1}
+    )
 OURS_LAUNCHES = 1
 
 TREES = [
@@ -92,8 +111,9 @@ def _id(tree):
     return f"{kind}-N{n}" + "".join(f"-{k}{v}" for k, v in extra.items())
 
 
-def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, with_commit_list: bool):
-    """SGLang 0.5.23's post-argmax greedy verify ops, as run_eagle_verify runs them."""
+def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, kv_move: spec_ops.KVMove | None):
+    """The installed SGLang's post-argmax greedy verify ops, as its EAGLE verify
+    runs them on CUDA; ``kv_move``: build the commit list too."""
     bs, n = case.candidates.shape
     dev = case.candidates.device
     predict = torch.zeros((bs * n,), dtype=torch.int32, device=dev)
@@ -111,14 +131,10 @@ def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, with_commit_list:
         topk=topk,
     )
     accept_lens = num_correct + 1
-    _, bonus = prepare_verify_commit_outputs(predict, accept_index, accept_lens, seq_lens)
+    _, bonus = spec_ops.commit_outputs(predict, accept_index, accept_lens, seq_lens)
     tgt = src = None
-    if with_commit_list:
-        size = bs * accept_index.shape[1]
-        tgt = torch.zeros(size, dtype=torch.int64, device=dev)
-        src = torch.zeros(size, dtype=torch.int64, device=dev)
-        fill_front_out_cache_loc_func((accept_lens - 1) + 1, case.out_cache_loc, tgt)
-        fill_accept_out_cache_loc_func(accept_index, case.out_cache_loc, src, size)
+    if kv_move is not None:
+        tgt, src = kv_move(accept_index, accept_lens - 1)
     return predict, accept_index, num_correct, accept_lens, bonus, src, tgt
 
 
@@ -183,8 +199,10 @@ def test_bench_verify_accept(benchmark, variant, tree, bs):
     def ours():
         verify_accept_greedy(*case.args(), out=out)
 
+    kv_move = spec_ops.KVMove(case.out_cache_loc, seq_lens, n) if commit_upstream else None
+
     def upstream():
-        upstream_step(case, topk, seq_lens, commit_upstream)
+        upstream_step(case, topk, seq_lens, kv_move)
 
     if variant.startswith("ours"):
         fn, expected = ours, OURS_LAUNCHES

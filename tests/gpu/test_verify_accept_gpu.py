@@ -1,6 +1,8 @@
 """Greedy SCV acceptance vs SGLang's CUDA ``verify_tree_greedy`` at real shapes.
 
-Needs a CUDA GPU and SGLang 0.5.23 with its JIT kernels; skips otherwise.
+Needs a CUDA GPU (skips otherwise) and SGLang 0.5.23 or 0.5.17: trees, verify and
+glue come from the installed version's own ops (``tests/sglang_spec_ops.py``;
+on 0.5.17 the chain and NGRAM trees come from its ``sgl_kernel`` CUDA builders).
 Run: ``pytest -m gpu tests/gpu/test_verify_accept_gpu.py``.
 """
 
@@ -18,11 +20,10 @@ if not torch.cuda.is_available():
 pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sglang_spec_ops as spec_ops  # noqa: E402  (SGLang's ops for the installed version)
 import test_verify_accept as cases  # noqa: E402  (tree generators and checks)
-try:  # 0.5.23 defines it in spec_tree; 0.5.17 in eagle_utils
-    from sglang.kernels.ops.speculative.spec_tree import verify_tree_greedy_func  # noqa: E402
-except ImportError:
-    from sglang.srt.speculative.eagle_utils import verify_tree_greedy_func  # noqa: E402
+
+verify_tree_greedy_func = spec_ops.get("verify_tree_greedy_func")  # the CUDA kernel
 
 from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
