@@ -170,7 +170,7 @@ def test_no_baseline_means_no_comparison(tmp_path):
     (res / "ncu_whole_step.json").write_text(json.dumps({"summary": {"per_mode": [
         _ncu_mode("nwor_stage_scv_off", 60e6, 20e6)]}}))
     sweep = json.loads((res / "sweep.json").read_text())
-    sweep["points"] = [p for p in sweep["points"] if p["mode"] != "plugin-off"]
+    sweep["points"] = [p for p in sweep["points"] if p["mode"] not in ("plugin-off", "off")]
     (res / "sweep.json").write_text(json.dumps(sweep))
     data = nightly_report.build(res, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()

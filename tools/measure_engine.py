@@ -138,27 +138,15 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
         start_s = time.perf_counter() - t_start
         vocab = 260 if args.model == "tiny" else 128256
         try:
-            for kind in args.sampling:
+            for i, kind in enumerate(args.sampling):
+                if i == 1 and args.profile_bs:  # greedy first, then the profile: a crash in a
+                    profiles.append(profile_batch(args, engine, spec, mode, vocab))  # later
+                    _stream(args, "runs", profiles[-1])  # sampling path keeps both
                 for bs in args.bs:
-                    params = dict(SAMPLING[kind], max_new_tokens=args.tokens, ignore_eos=True)
-                    engine.generate(input_ids=prompts_for(bs, args.prompt_len, vocab, 1),
-                                    sampling_params=dict(params, max_new_tokens=8))
-                    wall, out, gpm = timed_batch(engine, prompts_for(bs, args.prompt_len, vocab, 2),
-                                                 params, args.gpm)
-                    tokens = sum(o["meta_info"]["completion_tokens"] for o in out)
-                    verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in out)
-                    after = read_totals(totals)
-                    points.append({
-                        "spec": spec, "mode": mode, "sampling": kind, "bs": bs, "requests": bs,
-                        "tokens": tokens, "wall_s": wall, "throughput_tok_s": tokens / wall,
-                        "latency_ms_per_token": 1e3 * wall / args.tokens,
-                        "accept_length": tokens / verify if verify else None,
-                        "engine_start_s": start_s, "gpm": gpm,
-                        "invariants": after,
-                    })
+                    points.append(timed_point(args, engine, spec, mode, kind, bs, vocab, totals, start_s))
                     print(json.dumps(points[-1]), flush=True)
                     _stream(args, "points", points[-1])
-            if args.profile_bs:
+            if args.profile_bs and not profiles:
                 profiles.append(profile_batch(args, engine, spec, mode, vocab))
                 _stream(args, "runs", profiles[-1])
         finally:
@@ -167,6 +155,21 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
         restore_env(old)
         totals.unlink(missing_ok=True)
     return points, profiles
+
+
+def timed_point(args, engine, spec, mode, kind, bs, vocab, totals: Path, start_s: float) -> dict:
+    """A warm-up batch, then the timed one (fixed output length, GPM sampled)."""
+    params = dict(SAMPLING[kind], max_new_tokens=args.tokens, ignore_eos=True)
+    engine.generate(input_ids=prompts_for(bs, args.prompt_len, vocab, 1),
+                    sampling_params=dict(params, max_new_tokens=8))
+    wall, out, gpm = timed_batch(engine, prompts_for(bs, args.prompt_len, vocab, 2), params, args.gpm)
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in out)
+    verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in out)
+    return {"spec": spec, "mode": mode, "sampling": kind, "bs": bs, "requests": bs, "tokens": tokens,
+            "wall_s": wall, "throughput_tok_s": tokens / wall,
+            "latency_ms_per_token": 1e3 * wall / args.tokens,
+            "accept_length": tokens / verify if verify else None, "engine_start_s": start_s,
+            "gpm": gpm, "invariants": read_totals(totals)}
 
 
 def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:

@@ -43,7 +43,7 @@ MODE_ORDER = [
 ]
 NCU_BASELINE = "nwor_off_scv_off"
 PROFILE_BASELINES = ("off", "nwor_off_scv_off", "plugin-off")  # first one present in the same run wins
-SWEEP_BASELINE = "plugin-off"
+SWEEP_BASELINES = ("plugin-off", "off")  # first one present in the same run wins
 PROFILE_FIELDS = ("kernels", "launch_calls", "graph_launches", "api_calls", "host_us", "gpu_us")
 SWEEP_FIELDS = ("spec", "sampling", "bs", "mode", "requests", "tokens", "wall_s", "throughput_tok_s",
                 "latency_ms_per_token", "accept_length", "gpm")
@@ -380,8 +380,10 @@ def latency(page: Page) -> None:
         page.missing("latency", title, why or f"{NOT_MEASURED} (sweep.json has no measured points)")
         return page.failures("latency", failed)
     base: dict = {}
+    present = {p["mode"] for p in points}
+    baseline = next((m for m in SWEEP_BASELINES if m in present), SWEEP_BASELINES[0])
     for p in points:
-        if p["mode"] == SWEEP_BASELINE:
+        if p["mode"] == baseline:
             base.setdefault((p["spec"], p["sampling"], p["bs"]), p)
     rows = []
     for p in by_mode_order(points, "spec", "sampling", "bs"):
@@ -392,26 +394,26 @@ def latency(page: Page) -> None:
         row["latency_change_pct"] = pct_change(p.get("latency_ms_per_token"), b.get("latency_ms_per_token"))
         rows.append(row)
     setup = {k: sweep.get(k) for k in ("card", "model", "graphs", "tp", "acc_len")}
-    page.data["latency"] = dict(setup, baseline_mode=SWEEP_BASELINE, rows=rows)
+    page.data["latency"] = dict(setup, baseline_mode=baseline, rows=rows)
     graphs = {True: "on", False: "off", None: "not recorded"}[setup["graphs"]]
     acc = f"; simulated accept length {setup['acc_len']}" if setup["acc_len"] else ""
     page.section(title, f"Model: {setup['model'] or 'not recorded'}; CUDA graphs {graphs}; tp "
-                 f"{setup['tp'] or 1}{acc}. % change against `{SWEEP_BASELINE}` of the same spec, sampling "
+                 f"{setup['tp'] or 1}{acc}. % change against `{baseline}` of the same spec, sampling "
                  "and bs in this sweep (throughput: higher is better; latency: lower is better). GPM DRAM "
                  "BW: DRAM bandwidth utilisation mean / max (% of peak).")
     card_txt = page.data.get("header", {}).get("card")
     if sweep.get("card") and card_txt and sweep["card"] != card_txt:
         page.md += [f"**sweep.json names card `{sweep['card']}`, card.txt `{card_txt}`.**", ""]
     if not base:
-        page.md += [f"_No `{SWEEP_BASELINE}` points in this sweep: no % change computed._", ""]
+        page.md += [f"_No `{baseline}` points in this sweep: no % change computed._", ""]
     page.failures("latency", failed)
     page.md += md_table(rows, [
         ("spec", lambda r: r["spec"]), ("sampling", lambda r: r["sampling"]), ("bs", lambda r: r["bs"]),
         ("mode", lambda r: f"`{r['mode']}`"), ("requests", lambda r: r["requests"]),
         ("tokens", lambda r: r["tokens"]), ("tok/s", lambda r: f_num(r["throughput_tok_s"])),
-        (f"tok/s vs {SWEEP_BASELINE}", lambda r: f_pct(r["throughput_change_pct"])),
+        (f"tok/s vs {baseline}", lambda r: f_pct(r["throughput_change_pct"])),
         ("ms/token", lambda r: f_num(r["latency_ms_per_token"], 2)),
-        (f"ms/token vs {SWEEP_BASELINE}", lambda r: f_pct(r["latency_change_pct"])),
+        (f"ms/token vs {baseline}", lambda r: f_pct(r["latency_change_pct"])),
         ("accept len", lambda r: f_num(r["accept_length"], 2)),
         ("GPM DRAM BW %", lambda r: _gpm_cell(r["gpm"])),
     ])
@@ -423,7 +425,7 @@ def latency(page: Page) -> None:
         fig, axes = page.plt.subplots(1, 2, figsize=(10, 3.6))
         for mode in sorted({r["mode"] for r in sel}, key=mode_key):
             pts = sorted((r["bs"], r) for r in sel if r["mode"] == mode)
-            style = dict(color="black", linestyle="--") if mode == SWEEP_BASELINE else {}
+            style = dict(color="black", linestyle="--") if mode == baseline else {}
             for ax, key in ((axes[0], "throughput_tok_s"), (axes[1], "latency_ms_per_token")):
                 ys = [math.nan if r[key] is None else r[key] for _, r in pts]
                 ax.plot([bs for bs, _ in pts], ys, marker="o", label=mode, **style)

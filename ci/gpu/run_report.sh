@@ -22,23 +22,25 @@ fi
 cat "$OUT/card.txt"
 PARTS=${REPORT_PARTS:-sweep,ncu}
 rc=0
-if [[ $PARTS == *sweep* ]]; then
-  echo "=== sweep"; t0=$SECONDS
-  timeout "${SWEEP_TIMEOUT:-540}" python3 tools/measure_engine.py --out "$OUT" \
-    --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,off,nwor+scv}" \
-    --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
-    > "$OUT/sweep_log.txt" 2>&1 || rc=1
-  grep -E '^(===|FAILED|\{)' "$OUT/sweep_log.txt" | cut -c1-240
-  echo "=== sweep rc=$rc $((SECONDS - t0))s"
-fi
 if [[ $PARTS == *ncu* ]]; then
   echo "=== ncu"; t0=$SECONDS
   timeout "${NCU_TIMEOUT:-540}" python3 tools/measure_ncu.py --out "$OUT" \
     --specs "${NCU_SPECS:-ngram-chain,ngram-tree}" \
     --modes "${NCU_MODES:-nwor_off_scv_off,nwor_stage_scv_off,nwor_off_scv_graph,nwor_stage_scv_graph}" \
-    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" > "$OUT/ncu_log.txt" 2>&1 || rc=1
+    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" \
+    > "$OUT/ncu_log.txt" 2>&1 || rc=1
   grep -E '^(===|FAILED|\{)' "$OUT/ncu_log.txt" | cut -c1-400
   echo "=== ncu rc=$rc $((SECONDS - t0))s"
+fi
+if [[ $PARTS == *sweep* ]]; then
+  echo "=== sweep"; t0=$SECONDS
+  timeout "${SWEEP_TIMEOUT:-540}" python3 tools/measure_engine.py --out "$OUT" \
+    --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,off,nwor+scv}" \
+    --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
+    --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" \
+    > "$OUT/sweep_log.txt" 2>&1 || rc=1
+  grep -E '^(===|FAILED|\{)' "$OUT/sweep_log.txt" | cut -c1-240
+  echo "=== sweep rc=$rc $((SECONDS - t0))s"
 fi
 if [ -f tools/nightly_report.py ]; then
   python3 tools/nightly_report.py "$OUT" > "$OUT/report_log.txt" 2>&1 || echo "report: see $OUT/report_log.txt"
