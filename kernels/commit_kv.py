@@ -431,8 +431,19 @@ def _scale_table(
     modes = {m for m, _ in entries}
     if len(modes) != 1:
         raise ValueError(f"{name} mixes host scalars and device tensors")
-    table = torch.stack([v.to(device) for _, v in entries])
-    return modes.pop(), table
+    values = [v for _, v in entries]
+    if all(v.device.type == "cpu" for v in values):
+        return modes.pop(), _to_device_async(torch.stack(values), device)
+    return modes.pop(), torch.stack([v.to(device) for v in values])
+
+
+def _to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host table -> device without a host sync: a pageable H2D copy would block until
+    the stream drains (the whole verify forward); pinned + non_blocking does not.
+    PyTorch's pinned-memory cache keeps the buffer until the copy has run."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 class KVCommitPlan:
@@ -519,8 +530,8 @@ class KVCommitPlan:
             [x.stride(0) for x in v_src],
             [x.stride(1) for x in v_src],
         ]
-        self.ptr_table = torch.tensor(ptrs, dtype=torch.int64, device=device)
-        self.stride_table = torch.tensor(strides, dtype=torch.int64, device=device)
+        self.ptr_table = _to_device_async(torch.tensor(ptrs, dtype=torch.int64), device)
+        self.stride_table = _to_device_async(torch.tensor(strides, dtype=torch.int64), device)
         self.scale_table = torch.stack([k_scale_t, v_scale_t]).contiguous()
         self._keepalive = (list(k_src), list(v_src), list(k_dst), list(v_dst))
 

@@ -273,3 +273,26 @@ def test_size_one_and_all_padding_at_real_shapes(src_list, dst_list):
                 assert torch.equal(as_bytes(out[9]), as_bytes(srcs[5]))
                 out, old = torch.cat([out[:9], out[10:]]), torch.cat([old[:9], old[10:]])
             assert torch.equal(as_bytes(out), as_bytes(old))
+
+
+@pytest.mark.parametrize("scale_kind", [None, "float"])
+def test_commit_never_syncs_the_host(scale_kind):
+    """Building the plan and committing must not wait for the GPU: a pageable
+    host-to-device copy of the pointer or scale tables would block until the verify
+    forward has finished (torch's sync debug mode raises on any such sync)."""
+    bs, n = 32, 8
+    tokens, rows = bs * n, 2 * bs * n + 16
+    kv = torch.float8_e4m3fn if scale_kind else torch.bfloat16
+    ks, vs = fused_sources(tokens, torch.bfloat16, seed=5)
+    kd, vd = poisoned_pool(rows, kv, seed=6)
+    k_scales, v_scales = scales_for(scale_kind, seed=7) if scale_kind else (None, None)
+    s, d = commit_lists(bs, n, rows, seed=8)
+    commit_accepted_kv(ks, vs, kd, vd, s, d, k_scales, v_scales, kv_dtype=kv)  # compile first
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)  # keep the stream busy, as a verify forward would
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        commit_accepted_kv(ks, vs, kd, vd, s, d, k_scales, v_scales, kv_dtype=kv)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
