@@ -47,12 +47,19 @@ class RunnerState:
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
         self.graph_stages: dict[int, dict] = {}  # bucket bs -> {layer_id: StagedLayer}
-        self.tp_rank = int(getattr(model_runner, "tp_rank", 0) or 0)
+        self.tp_rank = _process_rank()
         self._graph_note = False
         if self.refusal:
             logger.warning("NWOR disabled for this model runner: %s", self.refusal)
         else:
             logger.info("NWOR enabled (mode=%s, SCV=%s, debug=%s)", m.nwor, m.scv, m.debug)
+
+
+def _process_rank() -> int:
+    """This worker's rank (tensor-parallel ranks are the global ranks SGLang sets up;
+    the attribute that holds it moved between SGLang versions)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 REQUIRED_SITES = frozenset({"model_forward", "stage_kv", "after_accept", "accept_move"})

@@ -179,10 +179,13 @@ def header(page: Page) -> None:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info: dict = {"results_dir": str(page.results), "built_utc": now, "report_command": page.command}
     card_txt = page.results / "card.txt"
-    if card_txt.exists():  # "name, driver, memory" then "sglang X torch Y triton Z"
+    if card_txt.exists():  # "name, driver, memory" per GPU, then "sglang X torch Y triton Z"
         lines = card_txt.read_text().splitlines() + ["", ""]
         name, driver, memory = ([p.strip() for p in lines[0].split(",")] + [None, None, None])[:3]
-        info.update(card=name, driver=driver, memory=memory, versions=lines[1].strip() or None)
+        gpus = sum(1 for ln in lines if ln.strip() and not ln.startswith("sglang"))
+        versions = next((ln.strip() for ln in lines if ln.startswith("sglang")), None)
+        info.update(card=name if gpus <= 1 else f"{gpus} x {name}", driver=driver, memory=memory,
+                    versions=versions)
     cmd = page.results / "command.txt"
     info["command"] = cmd.read_text().strip() if cmd.exists() else None
     bench, _ = page.load("bench.json")
