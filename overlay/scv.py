@@ -24,7 +24,9 @@ logger = logging.getLogger("sglang_nwor_scv")
 
 COMMIT_ATTR = "_nwor_scv_commit"  # (commit_src, commit_window_pos) on accept_index
 _positions: dict = {}
+_buffers: dict = {}
 _counts = {"fused": 0, "fallback": 0}
+_CACHE_LIMIT = 64  # shapes (bs buckets x N x depth) kept per process
 
 
 def _window_positions(n: int, device) -> torch.Tensor:
@@ -32,10 +34,25 @@ def _window_positions(n: int, device) -> torch.Tensor:
     key = (n, str(device))
     pos = _positions.get(key)
     if pos is None:
-        if len(_positions) > 64:
+        if len(_positions) > _CACHE_LIMIT:
             _positions.clear()
         pos = _positions[key] = torch.arange(n, dtype=torch.int64, device=device)
     return pos
+
+
+def _extra_outputs(bs: int, n: int, depth: int, device):
+    """The kernel's own outputs for this shape, allocated once and reused: the kernel
+    overwrites them every launch and leaves its workspace zeroed; the commit list is
+    read by this step's commit, which the same stream orders before the next verify."""
+    from sglang_nwor_scv.kernels.verify_accept import alloc_verify_accept_outputs
+
+    key = (bs, n, depth, str(device))
+    out = _buffers.get(key)
+    if out is None:
+        if len(_buffers) > _CACHE_LIMIT:
+            _buffers.clear()
+        out = _buffers[key] = alloc_verify_accept_outputs(bs, n, depth, device)
+    return out
 
 
 def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
@@ -48,16 +65,12 @@ def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
     """
     if not modes().scv_on:
         return None
-    from sglang_nwor_scv.kernels.verify_accept import (
-        VerifyAcceptOutputs,
-        alloc_verify_accept_outputs,
-        verify_accept_greedy,
-    )
+    from sglang_nwor_scv.kernels.verify_accept import VerifyAcceptOutputs, verify_accept_greedy
 
     try:
         bs, n = candidates.shape
         depth = accept_index.shape[1]
-        extra = alloc_verify_accept_outputs(bs, n, depth, candidates.device)
+        extra = _extra_outputs(bs, n, depth, candidates.device)
         out = VerifyAcceptOutputs(
             predict=predicts, accept_index=accept_index, num_correct_drafts=accept_token_num,
             accept_lens=extra.accept_lens, bonus_tokens=extra.bonus_tokens,

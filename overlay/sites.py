@@ -19,7 +19,7 @@ import torch
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
-from sglang_nwor_scv.nwor import StagedLayer, VerifyStage, commit_list_from_acceptance
+from sglang_nwor_scv.nwor import StagedLayer, VerifyStage, commit_list_from_acceptance, commit_plan
 from sglang_nwor_scv.scv import commit_list_from_scv, take_counts
 from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 
@@ -47,6 +47,7 @@ class RunnerState:
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
         self.graph_stages: dict[int, dict] = {}  # bucket bs -> {layer_id: StagedLayer}
+        self.graph_plans: dict[int, object] = {}  # bucket bs -> KVCommitPlan over its staged K/V
         self.tp_rank = _process_rank()
         self._graph_note = False
         if self.refusal:
@@ -129,11 +130,19 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
         return
     if not stage.layers and graph_replayed:
         runner = getattr(model_runner, "decode_cuda_graph_runner", None)
-        captured = st.graph_stages.get(getattr(runner, "bs", None))
+        bucket = getattr(runner, "bs", None)
+        captured = st.graph_stages.get(bucket)
         if captured:
             rows = stage.rows
             stage.layers = {i: StagedLayer(s.k[:rows], s.v[:rows], s.k_scale, s.v_scale)
                             for i, s in captured.items()}
+            # The bucket's K/V never move between replays: build its commit plan once
+            # (rows below the bucket's size are simply never named by the commit list).
+            plan = st.graph_plans.get(bucket)
+            if plan is None:
+                full = next(iter(captured.values())).k.shape[0]
+                plan = st.graph_plans[bucket] = commit_plan(stage.pool, captured, full)
+            stage.plan = plan
     if not stage.layers:
         # A replayed CUDA graph ran the captured upstream writes: nothing was staged.
         st.stage = None

@@ -174,3 +174,36 @@ def test_bad_mode_is_a_clear_error(monkeypatch):
     modes.cache_clear()
     with pytest.raises(ValueError, match="SGLANG_SCV_MODE='fast' is not one of"):
         modes()
+
+
+def test_graph_bucket_commit_plan_is_built_once_and_follows_replays():
+    """SGLANG_NWOR_GRAPH path: a replayed bucket's stage is its captured K/V cut to the
+    batch; the bucket's commit plan is built on first use and reused, and each replay's
+    new values (the graph refills the same tensors) are what gets committed."""
+    runner = _runner()
+    bucket, rows_full = 4, 4 * N
+    g = torch.Generator().manual_seed(3)
+    captured = {i: sites.StagedLayer(torch.randn(rows_full, HEADS, DIM, generator=g),
+                                     torch.randn(rows_full, HEADS, DIM, generator=g))
+                for i in range(LAYERS)}
+    st = sites.runner_state(runner)
+    st.graph_stages[bucket] = captured
+    runner.decode_cuda_graph_runner = SimpleNamespace(bs=bucket)
+    pool = runner.token_to_kv_pool
+    plans = []
+    for step, slots in enumerate(([30, 31, 32, 33, 40, 41, 42, 43], [50, 51, 52, 53, 60, 61, 62, 63])):
+        for s in captured.values():  # what a replay does: same tensors, new values
+            s.k.normal_(generator=g)
+            s.v.normal_(generator=g)
+        fb = _verify_batch(slots)  # bs 2 replayed in the bs-4 bucket
+        sites.begin_verify_forward(runner, fb)
+        sites.end_verify_forward(runner, fb, ok=True, graph_replayed=True)
+        plans.append(st.stage.plan)
+        lens, idx = _accept(2, [3, 2])
+        sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)
+        for layer_id, s in captured.items():
+            assert torch.equal(pool.k_buffer[layer_id][[slots[0], slots[1], slots[2], slots[4], slots[5]]],
+                               s.k[[0, 1, 2, 4, 5]]), step
+            assert torch.equal(pool.v_buffer[layer_id][[slots[3], slots[6]]][:, :1, :1],
+                               torch.full((2, 1, 1), -7.0)), step  # rejected: never written
+    assert plans[0] is not None and plans[0] is plans[1] is st.graph_plans[bucket]
