@@ -13,6 +13,7 @@ or plugin registration), so one installed plugin serves every configuration.
 | SGLANG_NWOR_SCV_TOTALS      | path: cumulative counters as JSON, rewritten at each flush | unset |
 | SGLANG_NWOR_SCV_PROFILE     | 0, 1: NVTX + torch.profiler ranges (sglang_nwor_scv.profiling) | 0 |
 | SGLANG_NWOR_SCV_PROFILE_STEPS | a:b: cudaProfilerStart/Stop around verify steps a..b-1 | unset |
+| SGLANG_NWOR_SCV_SYNC_CHECK  | 0, 1: count host syncs in our sites (sglang_nwor_scv.sync_check) | 0 |
 
 ``graph`` falls back to ``vectorized`` where no CUDA graph can be captured (CPU).
 """

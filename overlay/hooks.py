@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import profiling, scv, sites
+from sglang_nwor_scv import profiling, scv, sites, sync_check
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -19,15 +19,17 @@ def around_model_forward(original, self, forward_batch, *args, **kwargs):
     profiling.on_forward(forward_batch)
     if not forward_batch.forward_mode.is_target_verify():
         return original(self, forward_batch, *args, **kwargs)
-    sites.begin_verify_forward(self, forward_batch)
+    with sync_check.watch():
+        sites.begin_verify_forward(self, forward_batch)
     ok, out = False, None
     try:
         out = original(self, forward_batch, *args, **kwargs)
         ok = True
         return out
     finally:
-        sites.end_verify_forward(self, forward_batch, ok,
-                                 graph_replayed=bool(getattr(out, "can_run_graph", False)))
+        with sync_check.watch():
+            sites.end_verify_forward(self, forward_batch, ok,
+                                     graph_replayed=bool(getattr(out, "can_run_graph", False)))
 
 
 def around_stage_kv(original, self, forward_batch, layer, loc_info, k, v,
@@ -41,8 +43,9 @@ def around_stage_kv(original, self, forward_batch, layer, loc_info, k, v,
 def around_after_accept(original, target_worker, batch, accept_lens, accept_index,
                         draft_token_num, *args, **kwargs):
     with profiling.span("nwor_commit"):
-        sites.commit_after_accept(target_worker, batch, accept_lens, accept_index,
-                                  draft_token_num)
+        with sync_check.watch():
+            sites.commit_after_accept(target_worker, batch, accept_lens, accept_index,
+                                      draft_token_num)
         return original(target_worker, batch, accept_lens, accept_index, draft_token_num,
                         *args, **kwargs)
 
@@ -72,7 +75,8 @@ def around_graph_capture(original, self, size, *args, **kwargs):
 
 def around_verify_greedy(original, *args, **kwargs):
     with profiling.span("scv_compute_mask"):
-        done = scv.try_verify_greedy(*args, **kwargs)
+        with sync_check.watch():
+            done = scv.try_verify_greedy(*args, **kwargs)
         return done if done is not None else original(*args, **kwargs)
 
 

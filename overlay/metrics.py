@@ -24,6 +24,7 @@ _NAMES = {
     "scv_kernel": ("sglang:scv_fused_verify_steps", "Verify steps accepted by the fused SCV kernel"),
     "scv_graph": ("sglang:scv_graph_replays", "SCV verify steps replayed from a CUDA graph"),
     "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),
+    "host_syncs": ("sglang:nwor_scv_host_syncs", "Host syncs inside the plugin's sites (sync check on)"),
 }
 
 

@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from sglang_nwor_scv import sync_check
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
@@ -108,7 +109,8 @@ def begin_verify_forward(model_runner, forward_batch) -> None:
     # buffers), so the open stage hangs off the attention backend instead.
     setattr(model_runner.attn_backend, _BACKEND_ATTR, st.stage)
     if modes().debug:
-        st.debug_snapshot = _poison_window(pool, forward_batch.out_cache_loc)
+        with sync_check.allowed():
+            st.debug_snapshot = _poison_window(pool, forward_batch.out_cache_loc)
 
 
 def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bool = False) -> None:
@@ -293,35 +295,43 @@ def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst
         st.row_bytes = _row_bytes(stage)
     m = modes()
     if m.debug or m.step_log:
-        committed, accepted = (int(x) for x in pair.tolist())
-        record = {"step": st.steps, "rank": st.tp_rank, "bs": int(accept_lens.shape[0]),
-                  "staged": stage.rows,
-                  "scv": scv,
-                  "verify_rows": int(stage.out_cache_loc.numel()),
-                  "layers": len(stage.layers), "committed": committed, "accepted": accepted}
-        ok = committed == accepted and record["layers"] == stage.num_layers
-        if m.debug and st.debug_snapshot is not None:
-            record.update(_check_pool(stage, st.debug_snapshot, src, dst))
-            ok = ok and record["poison_ok"] and record["outside_ok"] and record["commit_ok"]
-        record["ok"] = bool(ok)
-        if not ok:
-            st.metrics.add(violations=1)
-            logger.error("NWOR invariant violated: %s", record)
-        if m.step_log:
-            with open(m.step_log, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        flush_metrics(st, log=False)
+        with sync_check.allowed():  # these modes sync on purpose
+            _step_record(st, stage, pair, accept_lens, src, dst, scv, m)
     st.debug_snapshot = None
     if st.steps % max(1, m.log_interval) == 0:
         flush_metrics(st, log=True)
 
 
+def _step_record(st: RunnerState, stage: VerifyStage, pair, accept_lens, src, dst, scv: bool,
+                 m) -> None:
+    """Debug / step-log mode: check this step now and write its record."""
+    committed, accepted = (int(x) for x in pair.tolist())
+    record = {"step": st.steps, "rank": st.tp_rank, "bs": int(accept_lens.shape[0]),
+              "staged": stage.rows,
+              "scv": scv,
+              "verify_rows": int(stage.out_cache_loc.numel()),
+              "layers": len(stage.layers), "committed": committed, "accepted": accepted}
+    ok = committed == accepted and record["layers"] == stage.num_layers
+    if m.debug and st.debug_snapshot is not None:
+        record.update(_check_pool(stage, st.debug_snapshot, src, dst))
+        ok = ok and record["poison_ok"] and record["outside_ok"] and record["commit_ok"]
+    record["ok"] = bool(ok)
+    if not ok:
+        st.metrics.add(violations=1)
+        logger.error("NWOR invariant violated: %s", record)
+    if m.step_log:
+        with open(m.step_log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    flush_metrics(st, log=False)
+
+
 def flush_metrics(st: RunnerState, log: bool) -> None:
     """Move device-side totals into the metrics (one small device-to-host copy)."""
     scv = take_counts()
-    st.metrics.add(scv_kernel=scv["fused"], scv_fallback=scv["fallback"])
+    st.metrics.add(scv_kernel=scv["fused"], scv_fallback=scv["fallback"], host_syncs=sync_check.take())
     if st.pending is not None:
-        committed, accepted = (int(x) for x in st.pending.tolist())
+        with sync_check.allowed():  # one small copy per log interval, on purpose
+            committed, accepted = (int(x) for x in st.pending.tolist())
         staged = st.pending_staged
         st.pending, st.pending_staged = None, 0
         st.metrics.add(staged=staged, committed=committed, accepted=accepted,

@@ -133,3 +133,26 @@ def test_tp2_identity_and_invariants_per_rank(spec, graphs, tiny_models):
     for s in on.steps:
         assert s["ok"] and s["committed"] == s["accepted"], s
         assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graph-staging"])
+def test_no_host_sync_in_plugin_sites(graphs, tiny_models, tmp_path):
+    """No synchronizing CUDA call inside the plugin's step work (torch sync debug mode,
+    counted by sglang_nwor_scv.sync_check), with debug checks and the step log off,
+    as in production; the interval counter flush is the one allowed sync."""
+    import json
+
+    totals = tmp_path / "totals.json"
+    env = {"SGLANG_NWOR_SCV_SYNC_CHECK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+           "SGLANG_NWOR_SCV_DEBUG": "0", "SGLANG_NWOR_SCV_STEP_LOG": "",
+           "SGLANG_NWOR_SCV_LOG_INTERVAL": "4"}
+    kw = dict(GPU_KW, disable_cuda_graph=not graphs)
+    if graphs:
+        kw["cuda_graph_max_bs_decode"] = 8
+        env["SGLANG_NWOR_GRAPH"] = "1"
+    run_engine("ngram-tree", tiny_models, [encode(p) for p in PROMPTS], plugin_on=True,
+               max_new_tokens=48, extra_env=env, **kw)
+    t = json.loads(totals.read_text())
+    print("SYNC-CHECK", "graphs" if graphs else "eager", t, flush=True)
+    assert t["steps"] > 0 and t["staged"] > t["committed"] == t["accepted"] > 0, t
+    assert t["host_syncs"] == 0 and t["violations"] == 0, t
