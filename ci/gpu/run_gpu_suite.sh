@@ -28,7 +28,7 @@ step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider 
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
 # Large enough that the committed bytes dwarf L2 (50 MB); the tool also measures commit + L2 eviction.
-step ncu "${NCU_TIMEOUT:-150}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs "${COMMIT_NCU_BS:-128}" --n "${COMMIT_NCU_N:-64}" --kv bf16
+step ncu "${NCU_TIMEOUT:-240}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs "${COMMIT_NCU_BS:-128}" --n "${COMMIT_NCU_N:-64}" --kv bf16
 # STANDALONE + CUDA graphs is run on its own (below): it killed the engine in earlier runs.
 step engine "${ENGINE_TIMEOUT:-360}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py \
   -k "not (graphs and standalone)" --junitxml="$OUT/engine.xml"
