@@ -45,12 +45,22 @@ def record(message: str, filename: str, lineno: int) -> None:
         logger.warning("NWOR/SCV host sync at %s:%d: %s", filename, lineno, message[:200])
 
 
-@contextlib.contextmanager
+_OFF = contextlib.nullcontext()
+
+
 def watch():
-    """Count synchronizing CUDA calls made inside the block (outermost block only)."""
-    if not enabled() or _state["depth"]:
-        yield
-        return
+    """Count synchronizing CUDA calls made inside the block (outermost block only).
+    Off (the default): a shared no-op context, since this sits on every verify step."""
+    return _watch() if enabled() and not _state["depth"] else _OFF
+
+
+def allowed():
+    """A sync made on purpose (counter flush, debug checks): not counted."""
+    return _allowed() if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _watch():
     _state["depth"] += 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -69,11 +79,7 @@ def watch():
 
 
 @contextlib.contextmanager
-def allowed():
-    """A sync made on purpose (counter flush, debug checks): not counted."""
-    if not enabled():
-        yield
-        return
+def _allowed():
     previous = _set_mode("default")
     _state["depth"] += 1  # a watch opened inside does not count either
     try:
