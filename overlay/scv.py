@@ -29,15 +29,20 @@ _counts = {"fused": 0, "fallback": 0}
 _CACHE_LIMIT = 64  # shapes (bs buckets x N x depth) kept per process
 
 
+def _cached(store: dict, key, make):
+    """Per-shape buffers, made once; the store is reset past _CACHE_LIMIT shapes."""
+    value = store.get(key)
+    if value is None:
+        if len(store) > _CACHE_LIMIT:
+            store.clear()
+        value = store[key] = make()
+    return value
+
+
 def _window_positions(n: int, device) -> torch.Tensor:
     """arange(n) on ``device``, cached: the kernel's commit_dst becomes window positions."""
-    key = (n, str(device))
-    pos = _positions.get(key)
-    if pos is None:
-        if len(_positions) > _CACHE_LIMIT:
-            _positions.clear()
-        pos = _positions[key] = torch.arange(n, dtype=torch.int64, device=device)
-    return pos
+    return _cached(_positions, (n, str(device)),
+                   lambda: torch.arange(n, dtype=torch.int64, device=device))
 
 
 def _extra_outputs(bs: int, n: int, depth: int, device):
@@ -46,13 +51,8 @@ def _extra_outputs(bs: int, n: int, depth: int, device):
     read by this step's commit, which the same stream orders before the next verify."""
     from sglang_nwor_scv.kernels.verify_accept import alloc_verify_accept_outputs
 
-    key = (bs, n, depth, str(device))
-    out = _buffers.get(key)
-    if out is None:
-        if len(_buffers) > _CACHE_LIMIT:
-            _buffers.clear()
-        out = _buffers[key] = alloc_verify_accept_outputs(bs, n, depth, device)
-    return out
+    return _cached(_buffers, (bs, n, depth, str(device)),
+                   lambda: alloc_verify_accept_outputs(bs, n, depth, device))
 
 
 def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
