@@ -26,6 +26,7 @@ verify steps stage too. Results are appended to OUT/sweep.json and OUT/profile.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -95,19 +96,12 @@ def prompts_for(bs: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 
 def timed_batch(engine, prompts, params, gpm: bool) -> tuple[float, list, dict | None]:
-    sampler = None
-    if gpm:
-        try:
-            from tools.gpm_sampler import GpmSampler
+    """Wall time of one generate call, with NVML GPM sampled over it when asked."""
+    from tools.gpm_sampler import GpmSampler
 
-            sampler = GpmSampler()
-        except ImportError:
-            sampler = None
+    sampler = GpmSampler() if gpm else None
     t0 = time.perf_counter()
-    if sampler is not None:
-        with sampler:
-            out = engine.generate(input_ids=prompts, sampling_params=params)
-    else:
+    with sampler if sampler is not None else contextlib.nullcontext():
         out = engine.generate(input_ids=prompts, sampling_params=params)
     wall = time.perf_counter() - t0
     return wall, out, (sampler.summary() if sampler is not None else None)
