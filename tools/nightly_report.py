@@ -125,6 +125,15 @@ class Page:
         except (OSError, ValueError) as exc:
             return None, f"{NOT_MEASURED}: {name} could not be read ({exc})"
 
+    def entries(self, name: str, key: str):
+        """(parsed JSON or {}, measured entries, failed entries, why there are none) of a
+        results list (``sweep.json`` points, ``profile.json`` runs); failed ones carry
+        ``"error"``."""
+        data, why = self.load(name)
+        rows = (data or {}).get(key) or []
+        return (data or {}, [r for r in rows if "error" not in r], [r for r in rows if "error" in r],
+                why)
+
     def section(self, title: str, *lines: str) -> None:
         self.md += [f"## {title}", "", *lines, ""]
 
@@ -305,9 +314,7 @@ def dram_writes(page: Page) -> None:
 
 def launches(page: Page) -> None:
     title = "Launches and host time per verify step"
-    prof, why = page.load("profile.json")
-    runs = [r for r in (prof or {}).get("runs") or [] if "error" not in r]
-    failed = [r for r in (prof or {}).get("runs") or [] if "error" in r]
+    _, runs, failed, why = page.entries("profile.json", "runs")
     if not runs:
         page.missing("launches", title, why or f"{NOT_MEASURED} (profile.json has no usable runs)")
         return page.failures("launches", failed)
@@ -376,9 +383,7 @@ def _gpm_cell(gpm) -> str:
 
 def latency(page: Page) -> None:
     title = "Latency and throughput vs batch size"
-    sweep, why = page.load("sweep.json")
-    points = [p for p in (sweep or {}).get("points") or [] if "error" not in p]
-    failed = [p for p in (sweep or {}).get("points") or [] if "error" in p]
+    sweep, points, failed, why = page.entries("sweep.json", "points")
     if not points:
         page.missing("latency", title, why or f"{NOT_MEASURED} (sweep.json has no measured points)")
         return page.failures("latency", failed)
@@ -445,8 +450,8 @@ def latency(page: Page) -> None:
 
 def invariants(page: Page) -> None:
     title = "Invariant counters"
-    sweep, why = page.load("sweep.json")
-    pts = [p for p in (sweep or {}).get("points") or [] if p.get("invariants") and "error" not in p]
+    _, points, _, why = page.entries("sweep.json", "points")
+    pts = [p for p in points if p.get("invariants")]
     if not pts:
         why = why or f"{NOT_MEASURED} (no invariant counters in sweep.json)"
         return page.missing("invariants", title, why)
