@@ -31,6 +31,7 @@ memory_pool = pytest.importorskip(
 )
 
 from sglang_nwor_scv.kernels.commit_kv import KVCommitPlan  # noqa: E402
+from tests.gpu.cuda_timing import device_us_per_call  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -121,18 +122,6 @@ class Setup:
         assert int(self.committed) == self.committed_rows
 
 
-def _device_us(fn, iters=50):
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / iters
-
-
 _SETUPS = {}
 
 
@@ -159,7 +148,7 @@ def test_bench_commit_kv(benchmark, kv_name, bs, n, provider):
     benchmark.extra_info.update(
         rows=rows, layers=LAYERS, pool_bytes_written=written, src_bytes_read=read,
         launches_formula=1 if provider == "ours" else f"{LAYERS} x set_kv_buffer",
-        device_us=_device_us(fn),
+        device_us=device_us_per_call(fn, iters=50, warmup=1),
     )  # fmt: skip
     print(
         f"\n[{provider}] {kv_name} bs={bs} N={n}: rows={rows} pool bytes written={written} "

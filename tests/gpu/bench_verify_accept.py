@@ -60,6 +60,7 @@ from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
     verify_accept_greedy,
 )
+from tests.gpu.cuda_timing import device_us_per_call  # noqa: E402
 
 # Device work each upstream op issues (kernels or memsets), for the printout.
 UPSTREAM_LAUNCHES = {
@@ -138,19 +139,6 @@ def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, kv_move: spec_ops
     return predict, accept_index, num_correct, accept_lens, bonus, src, tgt
 
 
-def _device_us_per_call(fn, iters=200) -> float:
-    for _ in range(10):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / iters
-
-
 def _launches_per_call(fn) -> int:
     from torch.profiler import ProfilerActivity, profile
 
@@ -223,7 +211,7 @@ def test_bench_verify_accept(benchmark, variant, tree, bs):
             graph.replay()
             cases.assert_outputs_equal(out, cases.verify_accept_greedy_ref(*case.args()))
 
-    device_us = _device_us_per_call(fn)
+    device_us = device_us_per_call(fn, iters=200, warmup=10)
     print(
         f"\n[{variant} {_id(tree)} bs={bs}] device {device_us:.2f} us/call, "
         f"launches {launches} (expected {expected})"
