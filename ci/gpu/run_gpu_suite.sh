@@ -30,8 +30,8 @@ step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider 
 # Large enough that the committed bytes dwarf L2 (50 MB); the tool also measures commit + L2 eviction.
 step ncu "${NCU_TIMEOUT:-240}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs "${COMMIT_NCU_BS:-128}" --n "${COMMIT_NCU_N:-64}" --kv bf16
 # STANDALONE + CUDA graphs is run on its own (below): it killed the engine in earlier runs.
-step engine "${ENGINE_TIMEOUT:-360}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py \
-  -k "not (graphs and standalone)" --junitxml="$OUT/engine.xml"
+step engine "${ENGINE_TIMEOUT:-360}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
+  -k "${ENGINE_K:-not (graphs and standalone)}" --junitxml="$OUT/engine.xml"
 if [[ ",$STEPS," == *",known,"* ]]; then  # diagnosis only: logged, not part of the pass/fail verdict
   NWOR_SCV_ENGINE_LOG_LEVEL=info NWOR_SCV_GPU_SPECS=standalone-chain timeout 200 python3 -m pytest -q -s \
     -p no:cacheprovider tests/gpu/test_engine_gpu.py -k "graphs and standalone and not opt_in" \
