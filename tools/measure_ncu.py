@@ -4,9 +4,16 @@ For each (speculative config, mode) one engine runs under
 ``ncu --profile-from-start off --target-processes all --cache-control none``; the
 plugin's profiler window (sglang_nwor_scv.profiling) opens the CUDA profiler around
 verify steps a..b-1 of each requested batch size, and marks each step's start with a
-``spin_kernel``. Per step, every kernel's metrics are summed, then averaged over the
+``spin_kernel``. Per step, every workload's metrics are summed, then averaged over the
 profiled steps of a batch size; the KV-write kernels (upstream's ``store_kvcache`` /
-``set_kv_buffer`` writes, our ``commit_accepted_kv_kernel``) are also summed alone.
+``set_kv_buffer`` writes and its tree ``copy_all_layer_kv_cache`` move, our
+``commit_accepted_kv_kernel``) are also summed alone.
+
+CUDA graphs are on by default, as in production, and ncu profiles each replayed graph
+as one workload (``--graph-profiling graph``): a step is then ~30 workloads instead of
+~270 kernels (8 layers), which is what makes a mode fit in about two minutes. KV writes
+inside a graph (upstream's ``store_kvcache``) are then counted in the graph's row, not
+in the KV-write column. ``--eager`` profiles every kernel instead (slow).
 
 ``--cache-control none`` keeps L2 as the engine leaves it between kernels, so lines
 one kernel leaves dirty are written back (and counted) during a later kernel of the
@@ -28,9 +35,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 METRICS = ("dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_op_write.sum",
            "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum")
 SUMMED = METRICS[:3] + ("gpu__time_duration.sum",)
-KV_WRITE = re.compile(r"store_kvcache|set_kv_buffer|commit_accepted_kv|store_cache")
+KV_WRITE = re.compile(r"store_kvcache|set_kv_buffer|commit_accepted_kv|store_cache|copy_all_layer_kv_cache")
 MARKER = "spin_kernel"
 # The four modes of the seed's table; env for tools/measure_engine.MODES names.
 NCU_MODES = {"nwor_off_scv_off": "off", "nwor_stage_scv_off": "nwor",
@@ -54,15 +63,20 @@ def child(args) -> int:
     from tools.measure_engine import build_engine_kwargs, prompts_for
     from tools.realistic_model import write_llama3_8b
 
+    t0 = time.perf_counter()
     model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
     engine = sgl.Engine(**build_engine_kwargs(args, args.specs, model_dir))
+    print(f"[ncu child] engine up in {time.perf_counter() - t0:.0f} s", flush=True)
     try:
         for bs in args.bs:
+            t1 = time.perf_counter()
             engine.generate(input_ids=prompts_for(bs, 32, 128256, bs),
                             sampling_params={"temperature": 0.0, "max_new_tokens": args.tokens,
                                              "ignore_eos": True})
+            print(f"[ncu child] bs {bs} done in {time.perf_counter() - t1:.0f} s", flush=True)
     finally:
         engine.shutdown()
+    print(f"[ncu child] done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 
@@ -111,27 +125,30 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
 
     log = workdir / f"{spec}_{ncu_mode}.steps.jsonl"
     csv_path = workdir / f"{spec}_{ncu_mode}.csv"
-    plugin_on, env = mode_env(NCU_MODES[ncu_mode], False, workdir / "totals.json")
+    totals = workdir / f"{spec}_{ncu_mode}.totals.json"
+    plugin_on, env = mode_env(NCU_MODES[ncu_mode], args.graphs, totals)
     env.update(SGLANG_NWOR_SCV_PROFILE_STEPS=f"{args.skip}:{args.skip + args.steps}",
                SGLANG_NWOR_SCV_PROFILE_BS=",".join(map(str, args.bs)),
                SGLANG_NWOR_SCV_PROFILE_LOG=str(log), SGLANG_SIMULATE_ACC_LEN=str(args.acc_len))
     cmd = [args.ncu, "--target-processes", "all", "--profile-from-start", "off",
            "--cache-control", "none", "--clock-control", "none", "--csv", "--log-file", str(csv_path),
+           "--graph-profiling", "node" if args.eager else "graph",
            "--metrics", ",".join(METRICS), sys.executable, __file__, "--child", "--specs", spec,
            "--bs", ",".join(map(str, args.bs)), "--layers", str(args.layers),
-           "--tokens", str(args.tokens)]
+           "--tokens", str(args.tokens)] + (["--eager"] if args.eager else [])
+    console = workdir / f"{spec}_{ncu_mode}.console.txt"
     old = prepare_process_env(plugin_on, env)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        rc = run_in_own_session(cmd, console, args.timeout)
     finally:
         restore_env(old)
-    (workdir / f"{spec}_{ncu_mode}.console.txt").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
-    if proc.returncode != 0 or not csv_path.exists():
-        raise RuntimeError(f"ncu run failed ({proc.returncode}): {proc.stderr[-1500:]}")
-    steps = split_steps(parse_csv(csv_path.read_text()))
+    steps = split_steps(parse_csv(csv_path.read_text())) if csv_path.exists() else []
     sizes = [json.loads(x)["bs"] for x in log.read_text().splitlines()] if log.exists() else []
-    if len(sizes) != len(steps):
+    if rc != 0 and not steps:
+        raise RuntimeError(f"ncu run failed (rc {rc}); see {console.name}: {tail(console)}")
+    if len(sizes) < len(steps):
         raise RuntimeError(f"{len(steps)} marked steps in the ncu output, {len(sizes)} in the step log")
+    sizes = sizes[:len(steps)]  # a run cut short keeps the steps ncu had reported
     out = []
     for bs in args.bs:
         mine = [s for s, b in zip(steps, sizes, strict=True) if b == bs]
@@ -140,13 +157,34 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
         kv = [[k for k in s if KV_WRITE.search(k["name"])] for s in mine]
         out.append({
             "mode": ncu_mode, "spec": spec, "bs": bs, "steps": len(mine),
-            "layers": args.layers, "kernels_per_step": sum(map(len, mine)) / len(mine),
+            "layers": args.layers, "cuda_graphs": args.graphs,
+            "kernels_per_step": sum(map(len, mine)) / len(mine),
             "ncu_metrics": mean_dicts([step_metrics(s) for s in mine]),
             "kv_write_kernels": dict(mean_dicts([step_metrics(s) for s in kv]),
                                      kernels=sum(map(len, kv)) / len(kv),
                                      names=sorted({k["name"][:80] for s in kv for k in s})),
+            "invariants": json.loads(totals.read_text()) if totals.exists() else None,
         })
     return out
+
+
+def run_in_own_session(cmd: list[str], console: Path, timeout: float) -> int:
+    """ncu and every process under it in a session of their own, output live in
+    ``console``; on timeout the whole session is killed (ncu's launcher alone would
+    leave its front-end and the engine running into the next mode)."""
+    with open(console, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            out.write(f"\n[measure_ncu] timed out after {timeout} s: killing the session\n")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -signal.SIGKILL
+
+
+def tail(path: Path, n: int = 1500) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
 def main() -> int:
@@ -157,7 +195,8 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(NCU_MODES))
     ap.add_argument("--bs", default="8,32,128")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs; ncu profiles every kernel")
     ap.add_argument("--skip", type=int, default=2, help="verify steps of each size before the window")
     ap.add_argument("--steps", type=int, default=2, help="profiled verify steps per batch size")
     ap.add_argument("--acc-len", type=float, default=2.5)
@@ -166,7 +205,7 @@ def main() -> int:
     args = ap.parse_args()
     args.bs = [int(x) for x in args.bs.split(",")]
     # the engine-kwargs builder of measure_engine expects these
-    args.model, args.graphs, args.tp, args.profile_bs = "llama3-8b", False, 1, 0
+    args.model, args.graphs, args.tp, args.profile_bs = "llama3-8b", not args.eager, 1, 0
     if args.child:
         return child(args)
     workdir = args.out / "ncu_analysis"
@@ -202,7 +241,8 @@ def save(path: Path, per_mode: list, errors: list) -> None:
     old_errors = [e for e in old.get("errors", []) if (e["spec"], e["mode"]) not in failed]
     path.write_text(json.dumps(
         {"summary": {"per_mode": rows + per_mode}, "errors": old_errors + errors,
-         "method": "ncu kernel replay, --cache-control none, sums over whole verify steps"}, indent=1))
+         "method": "ncu kernel replay (CUDA graphs as one workload each), --cache-control none, "
+                  "sums over whole verify steps"}, indent=1))
 
 
 if __name__ == "__main__":
