@@ -65,7 +65,9 @@ def child(args) -> int:
 
     t0 = time.perf_counter()
     model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
-    engine = sgl.Engine(**build_engine_kwargs(args, args.specs, model_dir))
+    kw = build_engine_kwargs(args, args.specs, model_dir)
+    kw["mem_fraction_static"] = args.mem_fraction  # ncu saves/restores written memory per replay pass
+    engine = sgl.Engine(**kw)
     print(f"[ncu child] engine up in {time.perf_counter() - t0:.0f} s", flush=True)
     try:
         for bs in args.bs:
@@ -135,7 +137,8 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
            "--graph-profiling", "node" if args.eager else "graph",
            "--metrics", ",".join(METRICS), sys.executable, __file__, "--child", "--specs", spec,
            "--bs", ",".join(map(str, args.bs)), "--layers", str(args.layers),
-           "--tokens", str(args.tokens)] + (["--eager"] if args.eager else [])
+           "--tokens", str(args.tokens), "--mem-fraction", str(args.mem_fraction)]
+    cmd += ["--eager"] if args.eager else []
     console = workdir / f"{spec}_{ncu_mode}.console.txt"
     old = prepare_process_env(plugin_on, env)
     try:
@@ -196,6 +199,8 @@ def main() -> int:
     ap.add_argument("--bs", default="8,32,128")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--mem-fraction", type=float, default=0.15,
+                    help="the engine's mem_fraction_static: a small KV pool keeps ncu's replay cheap")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs; ncu profiles every kernel")
     ap.add_argument("--skip", type=int, default=2, help="verify steps of each size before the window")
     ap.add_argument("--steps", type=int, default=2, help="profiled verify steps per batch size")

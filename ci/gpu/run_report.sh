@@ -4,7 +4,7 @@
 #          torch.profiler launches/host time per verify step, per mode
 #   ncu:   tools/measure_ncu.py     Nsight Compute DRAM/L2 bytes per whole verify step, per mode
 # Knobs (env): REPORT_PARTS=sweep,ncu  SPECS  SWEEP_MODES  SWEEP_BS  SAMPLING  NCU_SPECS  NCU_MODES
-#              NCU_BS  NCU_LAYERS  SKIP_INSTALL=1 (environment already set up)
+#              NCU_BS  NCU_LAYERS  NCU_ARGS  SWEEP_ARGS (extra flags)  SKIP_INSTALL=1 (environment already set up)
 # Device tool: run(command="bash ci/gpu/run_report.sh", carry=[".wheelhouse"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +27,7 @@ if [[ $PARTS == *ncu* ]]; then
   timeout "${NCU_TIMEOUT:-540}" python3 tools/measure_ncu.py --out "$OUT" \
     --specs "${NCU_SPECS:-ngram-chain,ngram-tree}" \
     --modes "${NCU_MODES:-nwor_off_scv_off,nwor_stage_scv_off,nwor_off_scv_graph,nwor_stage_scv_graph}" \
-    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" \
+    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" ${NCU_ARGS:-} \
     > "$OUT/ncu_log.txt" 2>&1 || rc=1
   grep -E '^(===|FAILED|\{)' "$OUT/ncu_log.txt" | cut -c1-400
   echo "=== ncu rc=$rc $((SECONDS - t0))s"
@@ -37,7 +37,7 @@ if [[ $PARTS == *sweep* ]]; then
   timeout "${SWEEP_TIMEOUT:-540}" python3 tools/measure_engine.py --out "$OUT" \
     --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,off,nwor+scv}" \
     --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
-    --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" \
+    --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" ${SWEEP_ARGS:-} \
     > "$OUT/sweep_log.txt" 2>&1 || rc=1
   grep -E '^(===|FAILED|\{)' "$OUT/sweep_log.txt" | cut -c1-240
   echo "=== sweep rc=$rc $((SECONDS - t0))s"
