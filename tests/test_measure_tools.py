@@ -16,6 +16,7 @@ import pytest
 
 from tools.engine_run import REPO
 from tools.measure_ncu import parse_csv, split_steps, step_metrics
+from tools.trace_stats import steps_by_kernel, window_stats
 
 
 @pytest.mark.engine
@@ -34,6 +35,8 @@ def test_profile_ranges_once_per_verify_step(tmp_path, tiny_models):
     assert on["violations"] == 0
     runs = {r["mode"]: r for r in json.loads((tmp_path / "profile.json").read_text())["runs"]}
     assert runs["plugin-off"]["steps"] == 0  # no plugin, no ranges
+    # the whole-window count serves every mode alike, plugin off included
+    assert all(r["verify_steps"] >= 3 and r["window"] is not None for r in runs.values()), runs
     for mode in ("off", "nwor+scv"):
         r = runs[mode]
         assert r["steps"] >= 3, r
@@ -67,3 +70,19 @@ def test_ncu_csv_reduced_per_marked_step():
     assert m[w] == 2000 + 500 and m[r] == 1e9 and m[t] == 4000
     assert m[p] == pytest.approx((50 * 3000 + 10 * 1000) / 4000)  # time-weighted
     assert step_metrics(steps[1])[w] == 7
+
+
+def test_window_stats_divide_the_whole_trace_by_verify_steps():
+    def ev(cat, name, ts, dur):
+        return {"cat": cat, "name": name, "ph": "X", "ts": ts, "dur": dur, "pid": 1, "tid": 1}
+
+    events = [ev("cuda_runtime", "cudaLaunchKernel", 0, 5), ev("kernel", "verify_tree", 10, 20),
+              ev("cuda_runtime", "cudaGraphLaunch", 40, 5), ev("kernel", "gemm", 50, 100),
+              ev("kernel", "gemm", 150, 50), ev("cuda_runtime", "cudaLaunchKernel", 300, 5),
+              ev("kernel", "verify_tree", 310, 90), ev("user_annotation", "verify_step", 0, 500)]
+    assert steps_by_kernel(events, "verify_tree") == 2
+    events.append(ev("kernel", "commit_accepted_kv_kernel", 400, 10))
+    w = window_stats(events, 2)
+    assert w == {"kernels": 2.5, "launch_calls": 1.0, "graph_launches": 0.5, "api_calls": 1.5,
+                 "gpu_us": 135.0, "step_us": 205.0, "kv_kernels": 0.5, "kv_gpu_us": 5.0}
+    assert window_stats(events, 0) == {}

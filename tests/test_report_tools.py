@@ -73,13 +73,14 @@ def write_results(d: Path) -> Path:
         _ncu_mode("nwor_stage_scv_off", 60e6, 20e6), _ncu_mode("nwor_off_scv_off", 100e6, 50e6),
         _ncu_mode("nwor_off_scv_graph", 100e6, 50e6), _ncu_mode("nwor_stage_scv_graph", 55e6, 20e6)]}}))
     (d / "profile.json").write_text(json.dumps({"runs": [
-        {"spec": "ngram-tree", "mode": "off", "bs": 32, "steps": 10,
-         "per_step": {"kernels": 300.0, "launch_calls": 290.0, "graph_launches": 0.0, "host_us": 2000.0,
-                      "gpu_us": 1500.0}, "ranges": {}, "trace": "traces/off.json.gz"},
-        {"spec": "ngram-tree", "mode": "scv", "bs": 32, "steps": 10,
-         "per_step": {"kernels": 290.0, "launch_calls": 280.0, "graph_launches": 0.0, "host_us": 1800.0,
-                      "gpu_us": 1490.0},
-         "ranges": {"scv_compute_mask": {"host_us": 20.0, "kernels": 1.0}}, "trace": None}]}))  # fmt: skip
+        {"spec": "ngram-tree", "mode": "plugin-off", "bs": 32, "steps": 0, "verify_steps": 10,
+         "window": {"kernels": 300.0, "launch_calls": 290.0, "graph_launches": 0.0, "api_calls": 400.0,
+                    "gpu_us": 1500.0, "step_us": 2000.0}, "ranges": {}, "trace": "traces/off.json.gz"},
+        {"spec": "ngram-tree", "mode": "scv", "bs": 32, "steps": 10, "verify_steps": 10,
+         "window": {"kernels": 290.0, "launch_calls": 280.0, "graph_launches": 0.0, "api_calls": 380.0,
+                    "gpu_us": 1490.0, "step_us": 1800.0},
+         "ranges": {"scv_compute_mask": {"host_us": 20.0, "kernels": 1.0}}, "trace": None},
+        {"spec": "ngram-tree", "mode": "nwor", "bs": 32, "steps": 10, "per_step": {}, "trace": None}]}))
     inv = {"steps": 10, "staged": 400, "committed": 250, "accepted": 250, "violations": 0}
     (d / "sweep.json").write_text(json.dumps({"card": CARD, "model": "synthetic", "graphs": True, "points": [
         _point("plugin-off", 1, 1000.0, 10.0), _point("nwor", 1, 1100.0, 9.0, inv),
@@ -115,9 +116,10 @@ def test_report_arithmetic(tmp_path):
 
     prof = {r["mode"]: r for r in _rows(data, "launches")}
     assert prof["scv"]["kernels_delta"] == pytest.approx(-10.0)
-    assert prof["scv"]["host_us_change_pct"] == pytest.approx(-10.0)
-    assert prof["scv"]["baseline_mode"] == "off" and prof["off"]["baseline_mode"] is None
-    assert "290.0 kernels/step (-10.0 vs `off`), host 1,800.0 us/step (-10.0%)" in md
+    assert prof["scv"]["step_us_change_pct"] == pytest.approx(-10.0)
+    assert prof["scv"]["baseline_mode"] == "plugin-off" and prof["plugin-off"]["baseline_mode"] is None
+    assert "nwor" not in prof  # a run without a whole-window count is left out, not guessed
+    assert "`scv` vs `plugin-off`: kernels -10.0/step, launch calls -10.0/step" in md
 
     lat = {(r["mode"], r["bs"]): r for r in _rows(data, "latency")}
     assert lat[("nwor", 1)]["throughput_change_pct"] == pytest.approx(10.0)

@@ -167,7 +167,7 @@ def timed_point(args, engine, spec, mode, kind, bs, vocab, totals: Path, start_s
 
 
 def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
-    from tools.trace_stats import load, summarize
+    from tools.trace_stats import load, summarize, window_stats
 
     trace_dir = args.out / "traces" / f"{spec}_{mode.replace('+', '_')}"
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -177,15 +177,19 @@ def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
     activities = ["CPU", "GPU"] if has_cuda() else ["CPU"]
     engine.start_profile(output_dir=str(trace_dir), activities=activities, with_stack=False,
                          record_shapes=False)
-    engine.generate(input_ids=prompts, sampling_params=params)
+    out = engine.generate(input_ids=prompts, sampling_params=params)
     engine.stop_profile()
+    verify_steps = max(o["meta_info"].get("spec_verify_ct", 0) for o in out)
     traces = sorted(trace_dir.rglob("*.trace.json*"), key=lambda p: p.stat().st_mtime)
     if not traces:
         return {"spec": spec, "mode": mode, "bs": args.profile_bs, "error": "no trace written"}
-    ranges = summarize(load(traces[-1]))
+    events = load(traces[-1])
+    ranges = summarize(events)
     step = ranges.pop("verify_step", None)
     return {"spec": spec, "mode": mode, "bs": args.profile_bs,
-            "steps": step["count"] if step else 0,
+            "steps": step["count"] if step else 0, "verify_steps": verify_steps,
+            "verify_steps_from": "max meta_info spec_verify_ct",
+            "window": window_stats(events, verify_steps),
             "per_step": {k: v for k, v in (step or {}).items() if k != "count"},
             "ranges": ranges, "trace": str(traces[-1].relative_to(args.out))}
 

@@ -145,10 +145,15 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
         rc = run_in_own_session(cmd, console, args.timeout)
     finally:
         restore_env(old)
+    if rc != 0 and not (csv_path.exists() and split_steps(parse_csv(csv_path.read_text()))):
+        raise RuntimeError(f"ncu run failed (rc {rc}); see {console.name}: {tail(console)}")
+    return reduce_run(csv_path, log, totals, args, spec, ncu_mode)
+
+
+def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mode: str) -> list[dict]:
+    """One mode's ncu CSV + the plugin's step log -> one row per batch size."""
     steps = split_steps(parse_csv(csv_path.read_text())) if csv_path.exists() else []
     sizes = [json.loads(x)["bs"] for x in log.read_text().splitlines()] if log.exists() else []
-    if rc != 0 and not steps:
-        raise RuntimeError(f"ncu run failed (rc {rc}); see {console.name}: {tail(console)}")
     if len(sizes) < len(steps):
         raise RuntimeError(f"{len(steps)} marked steps in the ncu output, {len(sizes)} in the step log")
     sizes = sizes[:len(steps)]  # a run cut short keeps the steps ncu had reported
@@ -201,6 +206,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--mem-fraction", type=float, default=0.15,
                     help="the engine's mem_fraction_static: a small KV pool keeps ncu's replay cheap")
+    ap.add_argument("--reduce", type=Path, help="reduce the CSVs of a stored run instead of running ncu")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs; ncu profiles every kernel")
     ap.add_argument("--skip", type=int, default=2, help="verify steps of each size before the window")
     ap.add_argument("--steps", type=int, default=2, help="profiled verify steps per batch size")
@@ -213,6 +219,13 @@ def main() -> int:
     args.model, args.graphs, args.tp, args.profile_bs = "llama3-8b", not args.eager, 1, 0
     if args.child:
         return child(args)
+    if args.reduce:  # re-reduce a stored run: --reduce DIR holding <spec>_<mode>.csv[.steps.jsonl]
+        stem = args.reduce.joinpath
+        rows = [row for spec in args.specs.split(",") for mode in args.modes.split(",")
+                for row in reduce_run(stem(f"{spec}_{mode}.csv"), stem(f"{spec}_{mode}.steps.jsonl"),
+                                      stem(f"{spec}_{mode}.totals.json"), args, spec, mode)]
+        save(args.out / "ncu_whole_step.json", rows, [])
+        return 0 if rows else 1
     workdir = args.out / "ncu_analysis"
     workdir.mkdir(parents=True, exist_ok=True)
     per_mode, errors = [], []

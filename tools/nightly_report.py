@@ -42,9 +42,10 @@ MODE_ORDER = [
     "nwor_stage_scv_graph",
 ]
 NCU_BASELINE = "nwor_off_scv_off"
-PROFILE_BASELINES = ("off", "nwor_off_scv_off", "plugin-off")  # first one present in the same run wins
+PROFILE_BASELINES = ("plugin-off", "off", "nwor_off_scv_off")  # first one present in the same run wins
 SWEEP_BASELINES = ("plugin-off", "off")  # first one present in the same run wins
-PROFILE_FIELDS = ("kernels", "launch_calls", "graph_launches", "api_calls", "host_us", "gpu_us")
+PROFILE_FIELDS = ("kernels", "launch_calls", "graph_launches", "api_calls", "gpu_us", "step_us", "kv_kernels",
+                  "kv_gpu_us")
 SWEEP_FIELDS = ("spec", "sampling", "bs", "mode", "requests", "tokens", "wall_s", "throughput_tok_s",
                 "latency_ms_per_token", "accept_length", "gpm")
 
@@ -208,11 +209,19 @@ def header(page: Page) -> None:
         f"- versions: {info.get('versions') or 'not recorded'}",
         f"- report built {now} from `{page.results}`"
         + (f"; benchmarks ran {info['benchmarks_datetime']}" if info["benchmarks_datetime"] else ""),
-        f"- run command: `{info['command']}`" if info["command"] else "- run command: not recorded",
+        *_command_lines(info["command"]),
         *([f"- report command: `{page.command}`"] if page.command else []),
         "- every comparison on this page uses a baseline from this results folder only",
         "",
     ]
+
+
+def _command_lines(command: str | None) -> list[str]:
+    if not command:
+        return ["- run command: not recorded"]
+    if "\n" not in command:
+        return [f"- run command: `{command}`"]
+    return ["- run command (command.txt):", "", "```", command, "```", ""]
 
 
 def _junit_counts(path: Path) -> dict:
@@ -312,38 +321,57 @@ def dram_writes(page: Page) -> None:
               "dram_writes.png", "DRAM writes per verify step")
 
 
+def same_window(runs: list[dict], row: dict, key: str):
+    """``key`` of the baseline run's window for row's spec and bs."""
+    base = next((x for x in runs if (x["spec"], x["bs"], x["mode"]) ==
+                 (row["spec"], row["bs"], row["baseline_mode"])), None)
+    return (base or {}).get("window", {}).get(key)
+
+
 def launches(page: Page) -> None:
+    """Per verify step from the whole profiled window (every mode, plugin off included,
+    counted alike; tools/trace_stats.window_stats), beside the plugin's own ranges."""
     title = "Launches and host time per verify step"
     _, runs, failed, why = page.entries("profile.json", "runs")
+    runs = [r for r in runs if r.get("window")]
     if not runs:
-        page.missing("launches", title, why or f"{NOT_MEASURED} (profile.json has no usable runs)")
+        page.missing("launches", title, why or f"{NOT_MEASURED} (profile.json has no run with a window)")
         return page.failures("launches", failed)
     rows = []
     for r in by_mode_order(runs, "spec", "bs"):
         same = {x["mode"]: x for x in runs if (x["spec"], x["bs"]) == (r["spec"], r["bs"])}
         bmode = next((m for m in PROFILE_BASELINES if m in same), None)
-        b = (same[bmode].get("per_step") or {}) if bmode not in (None, r["mode"]) else None
-        ps = r.get("per_step") or {}
-        row = dict(spec=r["spec"], bs=r["bs"], mode=r["mode"], steps=r.get("steps"),
+        b = same[bmode]["window"] if bmode not in (None, r["mode"]) else None
+        w = r["window"]
+        row = dict(spec=r["spec"], bs=r["bs"], mode=r["mode"], verify_steps=r.get("verify_steps"),
                    baseline_mode=bmode if b is not None else None, ranges=r.get("ranges") or {},
-                   trace=r.get("trace"), kernels_delta=None, host_us_change_pct=None,
-                   gpu_us_change_pct=None)
-        row.update({k: ps.get(k) for k in PROFILE_FIELDS})
+                   range_step_host_us=(r.get("per_step") or {}).get("host_us"),
+                   trace=r.get("trace"), kernels_delta=None, launch_calls_delta=None,
+                   step_us_change_pct=None, gpu_us_change_pct=None)
+        row.update({k: w.get(k) for k in PROFILE_FIELDS})
         if b is not None:
-            if ps.get("kernels") is not None and b.get("kernels") is not None:
-                row["kernels_delta"] = ps["kernels"] - b["kernels"]
-            row["host_us_change_pct"] = pct_change(ps.get("host_us"), b.get("host_us"))
-            row["gpu_us_change_pct"] = pct_change(ps.get("gpu_us"), b.get("gpu_us"))
+            row["kernels_delta"] = w["kernels"] - b["kernels"]
+            row["launch_calls_delta"] = w["launch_calls"] - b["launch_calls"]
+            row["step_us_change_pct"] = pct_change(w.get("step_us"), b.get("step_us"))
+            row["gpu_us_change_pct"] = pct_change(w.get("gpu_us"), b.get("gpu_us"))
         rows.append(row)
     page.data["launches"] = {"baseline_modes": list(PROFILE_BASELINES), "rows": rows}
     firsts = ", ".join(f"`{m}`" for m in PROFILE_BASELINES)
-    page.section(title, f"torch.profiler, per verify step. Baseline: the first of {firsts} present for the "
-                 "same spec and bs.")
+    page.section(title, "torch.profiler (SGLang's `start_profile`) over one greedy batch: the whole window "
+                 "divided by its verify steps, the same for every mode (prefill included alike). "
+                 f"Baseline: the first of {firsts} present for the same spec and bs. Kernels include "
+                 "CUDA-graph nodes; `step us` is the window's wall time per step; KV write = the KV-pool "
+                 "writers (upstream's `store_kvcache` and tree move `copy_all_layer_kv_cache_tiled`, "
+                 "our `commit_accepted_kv_kernel`). The last columns are the plugin's own ranges "
+                 "(host us, kernels per step).")
     for r in rows:
-        if "scv" in r["mode"] and r["kernels_delta"] is not None:
-            page.md.append(f"- {r['spec']} bs {r['bs']}, `{r['mode']}`: {f_num(r['kernels'])} kernels/step "
-                           f"({r['kernels_delta']:+.1f} vs `{r['baseline_mode']}`), host "
-                           f"{f_num(r['host_us'])} us/step ({f_pct(r['host_us_change_pct'])})")
+        if r["baseline_mode"] and r["kernels_delta"] is not None:
+            page.md.append(f"- {r['spec']} bs {r['bs']}, `{r['mode']}` vs `{r['baseline_mode']}`: "
+                           f"kernels {r['kernels_delta']:+.1f}/step, launch calls "
+                           f"{r['launch_calls_delta']:+.1f}/step, GPU time {f_pct(r['gpu_us_change_pct'])}, "
+                           f"wall time {f_pct(r['step_us_change_pct'])}; KV-pool writers "
+                           f"{f_num(r['kv_gpu_us'])} us/step on the GPU (baseline "
+                           f"{f_num(same_window(runs, r, 'kv_gpu_us'))})")
     page.md.append("")
     page.failures("launches", failed)
 
@@ -356,20 +384,23 @@ def launches(page: Page) -> None:
 
     page.md += md_table(rows, [
         ("spec", lambda r: r["spec"]), ("bs", lambda r: r["bs"]), ("mode", lambda r: f"`{r['mode']}`"),
-        ("steps", lambda r: r["steps"]), ("kernels", lambda r: f_num(r["kernels"])),
+        ("verify steps", lambda r: r["verify_steps"]), ("kernels", lambda r: f_num(r["kernels"])),
         ("launch calls", lambda r: f_num(r["launch_calls"])),
         ("graph launches", lambda r: f_num(r["graph_launches"])),
         ("CUDA API calls", lambda r: f_num(r["api_calls"])),
-        ("host us", lambda r: f_num(r["host_us"])), ("gpu us", lambda r: f_num(r["gpu_us"])),
+        ("gpu us", lambda r: f_num(r["gpu_us"])), ("step us", lambda r: f_num(r["step_us"])),
+        ("KV write kernels", lambda r: f_num(r["kv_kernels"])),
+        ("KV write gpu us", lambda r: f_num(r["kv_gpu_us"])),
         ("kernels vs base", lambda r: NA if r["kernels_delta"] is None else f"{r['kernels_delta']:+.1f}"),
-        ("host us vs base", lambda r: f_pct(r["host_us_change_pct"])),
+        ("gpu us vs base", lambda r: f_pct(r["gpu_us_change_pct"])),
+        ("step us vs base", lambda r: f_pct(r["step_us_change_pct"])),
         ("scv_compute_mask", rng("scv_compute_mask")), ("nwor_commit", rng("nwor_commit")),
         ("trace", lambda r: f"[trace]({os.path.relpath(page.results / r['trace'], page.out)})"
          if r["trace"] else NA),
     ])
     page.bars(rows, [("kernels", "kernels per verify step", 1.0),
-                     ("host_us", "host us per verify step", 1.0)],
-              "launches_host.png", "launches and host time per verify step")
+                     ("step_us", "wall us per verify step", 1.0)],
+              "launches_host.png", "launches and wall time per verify step")
 
 
 def _gpm_cell(gpm) -> str:

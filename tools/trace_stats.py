@@ -11,7 +11,14 @@ range it counts, on the range's own thread and inside its time span:
   summed device time;
 - the range's host time.
 
+Ranges exist only with the plugin loaded, so for a comparison with upstream (plugin
+off) ``window_stats`` also counts the whole profiled window, divided by its verify
+steps: every mode then gets the same method, prefill included in each alike.
+
     python tools/trace_stats.py TRACE.json[.gz]
+    python tools/trace_stats.py --update-profile OUT/profile.json --steps-kernel REGEX
+        ((re)computes ``window`` from each run's trace; steps = launches of a kernel that
+        runs once per verify step, e.g. 'VerifyTreeGreedy|_verify_accept_greedy_kernel')
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
 RANGES = ("verify_step", "scv_compute_mask", "nwor_commit")
+# KV-pool writers: upstream's per-layer stores and tree move, our commit (as in measure_ncu)
+KV_WRITE = re.compile(r"store_kvcache|set_kv_buffer|commit_accepted_kv|store_cache|copy_all_layer_kv_cache")
 API_CATS = ("cuda_runtime", "cuda_driver")
 
 
@@ -79,8 +89,47 @@ def summarize(events: list[dict]) -> dict:
     return result
 
 
+def window_stats(events: list[dict], steps: int) -> dict:
+    """The whole trace per verify step: kernels (graph nodes included), launch and graph
+    launch calls, CUDA API calls, summed kernel time, and the window's wall time
+    (first to last CUDA event) as ``step_us``."""
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"]
+    api = [e for e in events if e.get("cat") in API_CATS and e.get("ph") == "X"]
+    timed = kernels + api
+    span = (max(e["ts"] + e.get("dur", 0) for e in timed) - min(e["ts"] for e in timed)) if timed else 0.0
+    totals = {"kernels": len(kernels), "launch_calls": sum(1 for e in api if _is_launch(e["name"])),
+              "graph_launches": sum(1 for e in api if e["name"].startswith("cudaGraphLaunch")),
+              "api_calls": len(api), "gpu_us": float(sum(e.get("dur", 0) for e in kernels)),
+              "step_us": float(span)}
+    kv = [e for e in kernels if KV_WRITE.search(e.get("name", ""))]
+    totals.update(kv_kernels=len(kv), kv_gpu_us=float(sum(e.get("dur", 0) for e in kv)))
+    return {k: v / steps for k, v in totals.items()} if steps else {}
+
+
+def steps_by_kernel(events: list[dict], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return sum(1 for e in events if e.get("cat") == "kernel" and rx.search(e.get("name", "")))
+
+
+def update_profile(profile: Path, steps_kernel: str) -> None:
+    """(Re)compute ``window`` and ``verify_steps`` for the runs of a profile.json whose trace is there."""
+    data = json.loads(profile.read_text())
+    for run in data.get("runs", []):
+        if not run.get("trace") or not (profile.parent / run["trace"]).exists():
+            continue
+        events = load(profile.parent / run["trace"])
+        run["verify_steps"] = steps_by_kernel(events, steps_kernel)
+        run["verify_steps_from"] = f"kernel /{steps_kernel}/"
+        run["window"] = window_stats(events, run["verify_steps"])
+    profile.write_text(json.dumps(data, indent=1))
+
+
 def main() -> int:
-    for path in sys.argv[1:]:
+    args = sys.argv[1:]
+    if args[:1] == ["--update-profile"]:
+        update_profile(Path(args[1]), args[args.index("--steps-kernel") + 1])
+        return 0
+    for path in args:
         print(path, json.dumps(summarize(load(Path(path))), indent=2))
     return 0
 
