@@ -82,23 +82,3 @@ def commit_plan(pool, layers: dict[int, StagedLayer], rows: int):
     if all(x is None for x in k_scales + v_scales):
         k_scales = v_scales = None
     return KVCommitPlan(k_src, v_src, k_dst, v_dst, k_scales, v_scales, kv_dtype=pool.dtype)
-
-
-def commit_list_from_acceptance(accept_index: torch.Tensor, accept_lens: torch.Tensor,
-                                out_cache_loc: torch.Tensor, draft_token_num: int):
-    """The NWOR commit list, fixed shape [bs * D] each (D = accept_index.shape[1]).
-
-    Entry ``b*D+i`` for ``i < accept_lens[b]``: source verify row ``accept_index[b, i]``
-    (flat over the bs*N window), destination ``out_cache_loc[b*N + i]``: the accepted
-    path goes straight to the front of the request's window, where upstream's
-    ``move_accept_tokens_to_target_kvcache`` would have moved it (chains: src == own
-    slot). Other entries are -1. Plain torch, no host sync; the SCV kernel
-    (kernels/verify_accept.py) emits the same list from inside acceptance.
-    """
-    bs, depth = accept_index.shape
-    window = out_cache_loc.view(bs, draft_token_num)[:, :depth].to(torch.int64)
-    step = torch.arange(depth, device=accept_index.device)
-    valid = step.unsqueeze(0) < accept_lens.unsqueeze(1).to(step.dtype)
-    src = torch.where(valid, accept_index.to(torch.int64), -1)
-    dst = torch.where(valid, window, -1)
-    return src.flatten(), dst.flatten()

@@ -96,9 +96,10 @@ def commit_list_from_scv(accept_index, out_cache_loc):
     if made is None:
         return None
     delattr(accept_index, COMMIT_ATTR)
+    from sglang_nwor_scv.kernels.commit_list import slots_from_positions
+
     src, pos = made
-    dst = torch.where(pos >= 0, out_cache_loc.to(torch.int64)[pos.clamp(min=0)], -1)
-    return src, dst
+    return src, slots_from_positions(pos, out_cache_loc)
 
 
 def take_counts() -> dict:

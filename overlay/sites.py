@@ -20,7 +20,7 @@ from sglang_nwor_scv import sync_check
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
-from sglang_nwor_scv.nwor import StagedLayer, VerifyStage, commit_list_from_acceptance, commit_plan
+from sglang_nwor_scv.nwor import StagedLayer, VerifyStage, commit_plan
 from sglang_nwor_scv.scv import commit_list_from_scv, take_counts
 from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 
@@ -43,7 +43,7 @@ class RunnerState:
         self.stage: VerifyStage | None = None
         self.metrics = Metrics()
         self.steps = 0
-        self.pending = None  # device tensor [committed, accepted] since the last flush
+        self.pending = None  # device int64 [committed, accepted] since the last flush (kept, zeroed)
         self.pending_staged = 0
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
@@ -260,14 +260,20 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
         stage.flush_all()
         st.metrics.add(flushed=1)
         return
+    from sglang_nwor_scv.kernels.commit_list import commit_list_from_acceptance  # triton: lazily
+
     made = commit_list_from_scv(accept_index, stage.out_cache_loc)
     src, dst = made if made is not None else commit_list_from_acceptance(
         accept_index, accept_lens, stage.out_cache_loc, draft_token_num)
-    counter = torch.zeros(1, dtype=torch.int64, device=src.device)
-    stage.commit(src, dst, committed=counter)
+    m = modes()
+    per_step = m.debug or m.step_log  # these modes read each step's counts
+    if st.pending is None:
+        st.pending = torch.zeros(2, dtype=torch.int64, device=src.device)
+    counter = torch.zeros(1, dtype=torch.int64, device=src.device) if per_step else st.pending[0:1]
+    stage.commit(src, dst, committed=counter)  # the kernel adds its committed rows to counter
     # Keyed by this step's window tensor: a later step (new window) never matches.
     setattr(batch, _MOVED_ATTR, stage.out_cache_loc)
-    _account(st, stage, counter, accept_lens, src, dst, made is not None)
+    _account(st, stage, counter, accept_lens, src, dst, made is not None, per_step)
 
 
 _MOVED_ATTR = "_nwor_scv_moved_window"
@@ -284,19 +290,24 @@ def accept_move_needed(batch) -> bool:
 
 # ---------------------------------------------------------------- accounting
 def _account(st: RunnerState, stage: VerifyStage, counter, accept_lens, src, dst,
-             scv: bool) -> None:
-    """Accumulate on the device; copy to the host once per log interval (or per
-    step in debug / step-log mode, which sync on purpose)."""
+             scv: bool, per_step: bool) -> None:
+    """Accumulate in ``st.pending`` on the device (the commit kernel already added the
+    committed rows there, outside per-step mode; the accepted total takes two small
+    launches); copy to the host once per log interval, or per step in debug /
+    step-log mode, which sync on purpose."""
     st.steps += 1
-    pair = torch.stack([counter[0], accept_lens.to(torch.int64).sum()])
-    st.pending = pair if st.pending is None else st.pending + pair
     st.pending_staged += stage.rows
     if not st.row_bytes:  # the pool's row size never changes: once per runner
         st.row_bytes = _row_bytes(stage)
+    accepted = accept_lens.sum(dtype=torch.int64)
     m = modes()
-    if m.debug or m.step_log:
+    if per_step:
+        pair = torch.stack([counter[0], accepted])
+        st.pending += pair
         with sync_check.allowed():  # these modes sync on purpose
             _step_record(st, stage, pair, accept_lens, src, dst, scv, m)
+    else:
+        st.pending[1:].add_(accepted)
     st.debug_snapshot = None
     if st.steps % max(1, m.log_interval) == 0:
         flush_metrics(st, log=True)
@@ -329,11 +340,11 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
     """Move device-side totals into the metrics (one small device-to-host copy)."""
     scv = take_counts()
     st.metrics.add(scv_kernel=scv["fused"], scv_fallback=scv["fallback"], host_syncs=sync_check.take())
-    if st.pending is not None:
+    if st.pending is not None and st.pending_staged:
         with sync_check.allowed():  # one small copy per log interval, on purpose
             committed, accepted = (int(x) for x in st.pending.tolist())
-        staged = st.pending_staged
-        st.pending, st.pending_staged = None, 0
+        st.pending.zero_()
+        staged, st.pending_staged = st.pending_staged, 0
         st.metrics.add(staged=staged, committed=committed, accepted=accepted,
                        bytes_saved=(staged - committed) * st.row_bytes)
         checked_per_step = modes().debug or modes().step_log  # counted in _account already

@@ -24,7 +24,7 @@ step() {  # name timeout cmd...
 }
 python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_commit_kv_gpu.py \
-  tests/gpu/test_verify_accept_gpu.py tests/gpu/bench_commit_kv.py ${VERIFY_BENCH-tests/gpu/bench_verify_accept.py} \
+  tests/gpu/test_verify_accept_gpu.py tests/gpu/test_commit_list_gpu.py tests/gpu/bench_commit_kv.py ${VERIFY_BENCH-tests/gpu/bench_verify_accept.py} \
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
 # Large enough that the committed bytes dwarf L2 (50 MB); the tool also measures commit + L2 eviction.
