@@ -86,3 +86,27 @@ def test_window_stats_divide_the_whole_trace_by_verify_steps():
     assert w == {"kernels": 2.5, "launch_calls": 1.0, "graph_launches": 0.5, "api_calls": 1.5,
                  "gpu_us": 135.0, "step_us": 205.0, "kv_kernels": 0.5, "kv_gpu_us": 5.0}
     assert window_stats(events, 0) == {}
+
+
+def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):
+    """measure_ncu --gpus: two modes at once on two GPUs, each child with its own plugin
+    env (built without touching the parent's os.environ), rows reduced per mode. ncu is
+    replaced by tests/ncu_standin.py (the real one needs a GPU)."""
+    import os
+
+    record = tmp_path / "record.jsonl"
+    env = dict(os.environ, NCU_STANDIN_SLEEP="2", NCU_STANDIN_RECORD=str(record))
+    cmd = [sys.executable, str(REPO / "tools" / "measure_ncu.py"), "--out", str(tmp_path),
+           "--specs", "ngram-tree", "--modes", "nwor_off_scv_off,nwor_stage_scv_graph", "--bs", "8,32",
+           "--gpus", "0,1", "--ncu", str(REPO / "tests" / "ncu_standin.py"), "--timeout", "120"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = [json.loads(x) for x in record.read_text().splitlines()]
+    assert sorted(r["gpu"] for r in runs) == ["0", "1"]
+    assert sorted(r["nwor"] for r in runs) == ["off", "stage"]
+    assert all("nwor_scv" in r["plugins"] for r in runs)  # plugin modes load the plugin
+    assert max(r["t0"] for r in runs) < min(r["t1"] for r in runs)  # they overlapped
+    rows = json.loads((tmp_path / "ncu_whole_step.json").read_text())["summary"]["per_mode"]
+    got = {(r["mode"], r["bs"]): r["kv_write_kernels"]["dram__bytes_write.sum"] for r in rows}
+    assert got == {(m, bs): 1000.0 * bs for m in ("nwor_off_scv_off", "nwor_stage_scv_graph")
+                   for bs in (8, 32)}

@@ -33,13 +33,16 @@ import csv
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,8 +124,26 @@ def mean_dicts(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
 
 
-def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
+_ENV_LOCK = threading.Lock()
+
+
+def child_env(plugin_on: bool, env: dict, gpu: str | None) -> dict:
+    """The environment one mode's ncu session runs in, built without leaving it in
+    ``os.environ`` (modes may run concurrently, one per GPU)."""
     from tools.engine_run import prepare_process_env, restore_env
+
+    with _ENV_LOCK:
+        old = prepare_process_env(plugin_on, env)
+        try:
+            snapshot = dict(os.environ)
+        finally:
+            restore_env(old)
+    if gpu is not None:
+        snapshot["CUDA_VISIBLE_DEVICES"] = gpu
+    return snapshot
+
+
+def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = None) -> list[dict]:
     from tools.measure_engine import mode_env
 
     log = workdir / f"{spec}_{ncu_mode}.steps.jsonl"
@@ -140,11 +161,7 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path) -> list[dict]:
            "--tokens", str(args.tokens), "--mem-fraction", str(args.mem_fraction)]
     cmd += ["--eager"] if args.eager else []
     console = workdir / f"{spec}_{ncu_mode}.console.txt"
-    old = prepare_process_env(plugin_on, env)
-    try:
-        rc = run_in_own_session(cmd, console, args.timeout)
-    finally:
-        restore_env(old)
+    rc = run_in_own_session(cmd, console, args.timeout, child_env(plugin_on, env, gpu))
     if rc != 0 and not (csv_path.exists() and split_steps(parse_csv(csv_path.read_text()))):
         raise RuntimeError(f"ncu run failed (rc {rc}); see {console.name}: {tail(console)}")
     return reduce_run(csv_path, log, totals, args, spec, ncu_mode)
@@ -176,12 +193,12 @@ def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mod
     return out
 
 
-def run_in_own_session(cmd: list[str], console: Path, timeout: float) -> int:
+def run_in_own_session(cmd: list[str], console: Path, timeout: float, env: dict | None = None) -> int:
     """ncu and every process under it in a session of their own, output live in
     ``console``; on timeout the whole session is killed (ncu's launcher alone would
     leave its front-end and the engine running into the next mode)."""
     with open(console, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -206,6 +223,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--mem-fraction", type=float, default=0.15,
                     help="the engine's mem_fraction_static: a small KV pool keeps ncu's replay cheap")
+    ap.add_argument("--gpus", default="", help="e.g. 1,2,3: run modes concurrently, one per GPU")
     ap.add_argument("--reduce", type=Path, help="reduce the CSVs of a stored run instead of running ncu")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs; ncu profiles every kernel")
     ap.add_argument("--skip", type=int, default=2, help="verify steps of each size before the window")
@@ -229,11 +247,25 @@ def main() -> int:
     workdir = args.out / "ncu_analysis"
     workdir.mkdir(parents=True, exist_ok=True)
     per_mode, errors = [], []
-    for spec in args.specs.split(","):
-        for ncu_mode in args.modes.split(","):
-            print(f"=== ncu {spec} {ncu_mode}", flush=True)
+    jobs = [(spec, mode) for spec in args.specs.split(",") for mode in args.modes.split(",")]
+    gpus: queue.Queue = queue.Queue()
+    for gpu in (args.gpus.split(",") if args.gpus else [None]):
+        gpus.put(gpu)
+
+    def work(job):  # one mode on the next free GPU (one at a time without --gpus)
+        gpu = gpus.get()
+        print(f"=== ncu {job[0]} {job[1]}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
+        try:
+            return run_mode(args, *job, workdir, gpu)
+        finally:
+            gpus.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=gpus.qsize()) as pool:
+        futures = {pool.submit(work, job): job for job in jobs}
+        for fut in as_completed(futures):
+            spec, ncu_mode = futures[fut]
             try:
-                rows = run_mode(args, spec, ncu_mode, workdir)
+                rows = fut.result()
             except Exception as exc:  # keep the other modes' numbers
                 errors.append({"spec": spec, "mode": ncu_mode, "error": repr(exc)[:1500]})
                 print("FAILED", errors[-1], flush=True)

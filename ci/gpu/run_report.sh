@@ -4,7 +4,7 @@
 #          torch.profiler launches/host time per verify step, per mode
 #   ncu:   tools/measure_ncu.py     Nsight Compute DRAM/L2 bytes per whole verify step, per mode
 # Knobs (env): REPORT_PARTS=sweep,ncu  SPECS  SWEEP_MODES  SWEEP_BS  SAMPLING  NCU_SPECS  NCU_MODES
-#              NCU_BS  NCU_LAYERS  NCU_ARGS  SWEEP_ARGS (extra flags)  SKIP_INSTALL=1 (environment already set up)
+#              NCU_BS  NCU_LAYERS  NCU_ARGS  SWEEP_ARGS (extra flags)  REPORT_GPUS=0,1,..  SKIP_INSTALL=1 (environment already set up)
 # Device tool: run(command="bash ci/gpu/run_report.sh", carry=[".wheelhouse"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,26 +21,43 @@ if [ ! -s "$OUT/card.txt" ]; then
 fi
 cat "$OUT/card.txt"
 PARTS=${REPORT_PARTS:-sweep,ncu}
-rc=0
-if [[ $PARTS == *ncu* ]]; then
-  echo "=== ncu"; t0=$SECONDS
+# REPORT_GPUS=0,1,2,3 (several GPUs): the sweep runs on the first GPU while the ncu modes
+# run one per remaining GPU, all at once; the report then needs one call, not three.
+IFS=, read -r -a GPUS <<< "${REPORT_GPUS:-}"
+SWEEP_ENV=() NCU_GPUS=""
+if [ "${#GPUS[@]}" -ge 2 ]; then
+  SWEEP_ENV=(env CUDA_VISIBLE_DEVICES="${GPUS[0]}")
+  NCU_GPUS=$(IFS=,; echo "${GPUS[*]:1}")
+fi
+run_ncu() {
+  echo "=== ncu${NCU_GPUS:+ (GPUs $NCU_GPUS)}"; local t0=$SECONDS r=0
   timeout "${NCU_TIMEOUT:-540}" python3 tools/measure_ncu.py --out "$OUT" \
     --specs "${NCU_SPECS:-ngram-chain,ngram-tree}" \
     --modes "${NCU_MODES:-nwor_off_scv_off,nwor_stage_scv_off,nwor_off_scv_graph,nwor_stage_scv_graph}" \
-    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" ${NCU_ARGS:-} \
-    > "$OUT/ncu_log.txt" 2>&1 || rc=1
+    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" \
+    ${NCU_GPUS:+--gpus "$NCU_GPUS"} ${NCU_ARGS:-} > "$OUT/ncu_log.txt" 2>&1 || r=1
   grep -E '^(===|FAILED|\{)' "$OUT/ncu_log.txt" | cut -c1-400
-  echo "=== ncu rc=$rc $((SECONDS - t0))s"
-fi
-if [[ $PARTS == *sweep* ]]; then
-  echo "=== sweep"; t0=$SECONDS
-  timeout "${SWEEP_TIMEOUT:-540}" python3 tools/measure_engine.py --out "$OUT" \
+  echo "=== ncu rc=$r $((SECONDS - t0))s"; return $r
+}
+run_sweep() {
+  echo "=== sweep${SWEEP_ENV:+ (GPU ${GPUS[0]})}"; local t0=$SECONDS r=0
+  timeout "${SWEEP_TIMEOUT:-540}" "${SWEEP_ENV[@]}" python3 tools/measure_engine.py --out "$OUT" \
     --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,off,nwor+scv}" \
     --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
     --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" ${SWEEP_ARGS:-} \
-    > "$OUT/sweep_log.txt" 2>&1 || rc=1
+    > "$OUT/sweep_log.txt" 2>&1 || r=1
   grep -E '^(===|FAILED|\{)' "$OUT/sweep_log.txt" | cut -c1-240
-  echo "=== sweep rc=$rc $((SECONDS - t0))s"
+  echo "=== sweep rc=$r $((SECONDS - t0))s"; return $r
+}
+rc=0
+if [ -n "$NCU_GPUS" ] && [[ $PARTS == *ncu* && $PARTS == *sweep* ]]; then
+  run_sweep > "$OUT/.sweep_summary.txt" 2>&1 & sweep_pid=$!
+  run_ncu || rc=1
+  wait "$sweep_pid" || rc=1
+  cat "$OUT/.sweep_summary.txt"; rm -f "$OUT/.sweep_summary.txt"
+else
+  if [[ $PARTS == *ncu* ]]; then run_ncu || rc=1; fi
+  if [[ $PARTS == *sweep* ]]; then run_sweep || rc=1; fi
 fi
 if [ -f tools/nightly_report.py ]; then
   python3 tools/nightly_report.py "$OUT" > "$OUT/report_log.txt" 2>&1 || echo "report: see $OUT/report_log.txt"
