@@ -24,12 +24,13 @@ def test_profile_ranges_once_per_verify_step(tmp_path, tiny_models):
     cmd = [sys.executable, str(REPO / "tools" / "measure_engine.py"), "--out", str(tmp_path),
            "--model", "tiny", "--specs", "ngram-tree", "--modes", "plugin-off,off,nwor+scv",
            "--bs", "2", "--sampling", "greedy", "--tokens", "24", "--profile-bs", "2",
-           "--profile-tokens", "10", "--no-gpm"]
+           "--profile-tokens", "10", "--no-gpm", "--repeats", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
     assert [p["mode"] for p in points] == ["plugin-off", "off", "nwor+scv"]
     assert all(p["tokens"] == 48 and p["throughput_tok_s"] > 0 for p in points), points
+    assert all(len(p["wall_s_runs"]) == 2 and min(p["wall_s_runs"]) <= p["wall_s"] for p in points)
     on = points[-1]["invariants"]
     assert on is not None and on["staged"] > on["committed"] == on["accepted"] > 0, on
     assert on["violations"] == 0

@@ -84,7 +84,8 @@ def write_results(d: Path) -> Path:
     inv = {"steps": 10, "staged": 400, "committed": 250, "accepted": 250, "violations": 0}
     (d / "sweep.json").write_text(json.dumps({"card": CARD, "model": "synthetic", "graphs": True, "points": [
         _point("plugin-off", 1, 1000.0, 10.0), _point("nwor", 1, 1100.0, 9.0, inv),
-        _point("plugin-off", 8, 4000.0, 20.0), _point("nwor", 8, 3000.0, 25.0, inv),
+        _point("plugin-off", 8, 4000.0, 20.0),
+        dict(_point("nwor", 8, 3000.0, 25.0, inv), wall_s_runs=[0.9, 1.0, 1.2]),
         _point("off", 8, 4000.0, 20.0, {**inv, "staged": 0, "committed": 0, "accepted": 0})]}))
     (d / "bench.json").write_text(json.dumps(_bench_run()))
     (d / "kernels.xml").write_text(
@@ -125,6 +126,8 @@ def test_report_arithmetic(tmp_path):
     assert lat[("nwor", 1)]["throughput_change_pct"] == pytest.approx(10.0)
     assert lat[("nwor", 1)]["latency_change_pct"] == pytest.approx(-10.0)
     assert lat[("nwor", 8)]["throughput_change_pct"] == pytest.approx(-25.0)  # a regression is shown as one
+    assert lat[("nwor", 8)]["spread_pct"] == pytest.approx(30.0) and lat[("nwor", 8)]["runs"] == 3
+    assert lat[("nwor", 1)]["spread_pct"] is None and lat[("nwor", 1)]["runs"] == 1
     assert lat[("plugin-off", 8)]["throughput_change_pct"] is None
     assert "| +10.0% |" in md and "| -25.0% |" in md and "30.0 / 40.0" in md
 

@@ -431,6 +431,9 @@ def latency(page: Page) -> None:
         row = {k: p.get(k) for k in SWEEP_FIELDS}
         row["throughput_change_pct"] = pct_change(p.get("throughput_tok_s"), b.get("throughput_tok_s"))
         row["latency_change_pct"] = pct_change(p.get("latency_ms_per_token"), b.get("latency_ms_per_token"))
+        runs = p.get("wall_s_runs") or []
+        row["runs"] = len(runs) or 1
+        row["spread_pct"] = (100.0 * (max(runs) - min(runs)) / p["wall_s"]) if len(runs) > 1 else None
         rows.append(row)
     setup = {k: sweep.get(k) for k in ("card", "model", "graphs", "tp", "acc_len")}
     page.data["latency"] = dict(setup, baseline_mode=baseline, rows=rows)
@@ -438,8 +441,9 @@ def latency(page: Page) -> None:
     acc = f"; simulated accept length {setup['acc_len']}" if setup["acc_len"] else ""
     page.section(title, f"Model: {setup['model'] or 'not recorded'}; CUDA graphs {graphs}; tp "
                  f"{setup['tp'] or 1}{acc}. % change against `{baseline}` of the same spec, sampling "
-                 "and bs in this sweep (throughput: higher is better; latency: lower is better). GPM DRAM "
-                 "BW: DRAM bandwidth utilisation mean / max (% of peak).")
+                 "and bs in this sweep (throughput: higher is better; latency: lower is better), from the "
+                 "median of each point's timed runs; a change smaller than the spread is noise. GPM DRAM "
+                 "BW: DRAM bandwidth utilisation mean / max (% of peak), over the first run.")
     card_txt = page.data.get("header", {}).get("card")
     if sweep.get("card") and card_txt and sweep["card"] != card_txt:
         page.md += [f"**sweep.json names card `{sweep['card']}`, card.txt `{card_txt}`.**", ""]
@@ -453,6 +457,8 @@ def latency(page: Page) -> None:
         (f"tok/s vs {baseline}", lambda r: f_pct(r["throughput_change_pct"])),
         ("ms/token", lambda r: f_num(r["latency_ms_per_token"], 2)),
         (f"ms/token vs {baseline}", lambda r: f_pct(r["latency_change_pct"])),
+        ("runs", lambda r: r["runs"]),
+        ("spread (max-min)/median", lambda r: f_pct(r["spread_pct"], signed=False)),
         ("accept len", lambda r: f_num(r["accept_length"], 2)),
         ("GPM DRAM BW %", lambda r: _gpm_cell(r["gpm"])),
     ])
