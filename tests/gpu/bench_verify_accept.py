@@ -60,7 +60,7 @@ from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
     verify_accept_greedy,
 )
-from tests.gpu.cuda_timing import device_us_per_call  # noqa: E402
+from tests.gpu.cuda_timing import device_us_per_call, launches_per_call  # noqa: E402
 
 # Device work each upstream op issues (kernels or memsets), for the printout.
 UPSTREAM_LAUNCHES = {
@@ -141,17 +141,6 @@ def upstream_step(case: cases.VerifyCase, topk: int, seq_lens, kv_move: spec_ops
     return predict, accept_index, num_correct, accept_lens, bonus, src, tgt
 
 
-def _launches_per_call(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-
-
 def _try_graph(fn):
     """Capture ``fn`` in a CUDA graph (after a warm-up call); None if it can't be."""
     try:
@@ -201,7 +190,7 @@ def test_bench_verify_accept(benchmark, variant, tree, bs):
         expected = sum(UPSTREAM_LAUNCHES.values())
         if commit_upstream:
             expected += sum(UPSTREAM_COMMIT_LAUNCHES.values())
-    launches = _launches_per_call(fn)
+    launches = launches_per_call(fn)
     if variant.endswith("graph"):
         graph = _try_graph(fn)
         if graph is None:

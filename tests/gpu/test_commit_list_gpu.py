@@ -15,20 +15,10 @@ from sglang_nwor_scv.kernels.commit_list import (  # noqa: E402
     slots_from_positions,
     slots_from_positions_ref,
 )
+from tests.gpu.cuda_timing import launches_per_call  # noqa: E402
 from tests.test_commit_list import acceptance_case  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-
-
-def _kernels(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
@@ -39,7 +29,7 @@ def test_commit_list_at_real_shapes(bs, n, depth, index_dtype):
     src, dst = commit_list_from_acceptance(index, lens, slots, n)
     ref_src, ref_dst = commit_list_from_acceptance_ref(index, lens, slots, n)
     assert torch.equal(src, ref_src) and torch.equal(dst, ref_dst)
-    assert _kernels(lambda: commit_list_from_acceptance(index, lens, slots, n)) == 1
+    assert launches_per_call(lambda: commit_list_from_acceptance(index, lens, slots, n)) == 1
 
 
 @pytest.mark.parametrize("m", [1, 8 * 8, 128 * 64, 128 * 64 + 5])
@@ -48,4 +38,4 @@ def test_slots_from_positions_at_real_shapes(m):
     pos = torch.randint(-1, m, (m,), generator=g).cuda()
     slots = (torch.randperm(4 * m, generator=g)[:m] + 3).cuda()
     assert torch.equal(slots_from_positions(pos, slots), slots_from_positions_ref(pos, slots))
-    assert _kernels(lambda: slots_from_positions(pos, slots)) == 1
+    assert launches_per_call(lambda: slots_from_positions(pos, slots)) == 1
