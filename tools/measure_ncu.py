@@ -162,9 +162,10 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
     cmd += ["--eager"] if args.eager else []
     console = workdir / f"{spec}_{ncu_mode}.console.txt"
     rc = run_in_own_session(cmd, console, args.timeout, child_env(plugin_on, env, gpu))
-    if rc != 0 and not (csv_path.exists() and split_steps(parse_csv(csv_path.read_text()))):
+    rows = reduce_run(csv_path, log, totals, args, spec, ncu_mode)  # a run cut short keeps its steps
+    if rc != 0 and not rows:
         raise RuntimeError(f"ncu run failed (rc {rc}); see {console.name}: {tail(console)}")
-    return reduce_run(csv_path, log, totals, args, spec, ncu_mode)
+    return rows
 
 
 def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mode: str) -> list[dict]:
