@@ -321,13 +321,6 @@ def dram_writes(page: Page) -> None:
               "dram_writes.png", "DRAM writes per verify step")
 
 
-def same_window(runs: list[dict], row: dict, key: str):
-    """``key`` of the baseline run's window for row's spec and bs."""
-    base = next((x for x in runs if (x["spec"], x["bs"], x["mode"]) ==
-                 (row["spec"], row["bs"], row["baseline_mode"])), None)
-    return (base or {}).get("window", {}).get(key)
-
-
 def launches(page: Page) -> None:
     """Per verify step from the whole profiled window (every mode, plugin off included,
     counted alike; tools/trace_stats.window_stats), beside the plugin's own ranges."""
@@ -347,7 +340,8 @@ def launches(page: Page) -> None:
                    baseline_mode=bmode if b is not None else None, ranges=r.get("ranges") or {},
                    range_step_host_us=(r.get("per_step") or {}).get("host_us"),
                    trace=r.get("trace"), kernels_delta=None, launch_calls_delta=None,
-                   step_us_change_pct=None, gpu_us_change_pct=None)
+                   step_us_change_pct=None, gpu_us_change_pct=None,
+                   baseline_kv_gpu_us=b.get("kv_gpu_us") if b is not None else None)
         row.update({k: w.get(k) for k in PROFILE_FIELDS})
         if b is not None:
             row["kernels_delta"] = w["kernels"] - b["kernels"]
@@ -371,7 +365,7 @@ def launches(page: Page) -> None:
                            f"{r['launch_calls_delta']:+.1f}/step, GPU time {f_pct(r['gpu_us_change_pct'])}, "
                            f"wall time {f_pct(r['step_us_change_pct'])}; KV-pool writers "
                            f"{f_num(r['kv_gpu_us'])} us/step on the GPU (baseline "
-                           f"{f_num(same_window(runs, r, 'kv_gpu_us'))})")
+                           f"{f_num(r['baseline_kv_gpu_us'])})")
     page.md.append("")
     page.failures("launches", failed)
 
