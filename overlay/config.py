@@ -46,6 +46,11 @@ class Modes:
     totals_path: str | None = None
 
     @property
+    def per_step(self) -> bool:
+        """Debug or step-log mode: each step's counts are read (and checked) on the host."""
+        return self.debug or bool(self.step_log)
+
+    @property
     def nwor_on(self) -> bool:
         return self.nwor == "stage"
 

@@ -265,8 +265,7 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
     made = commit_list_from_scv(accept_index, stage.out_cache_loc)
     src, dst = made if made is not None else commit_list_from_acceptance(
         accept_index, accept_lens, stage.out_cache_loc, draft_token_num)
-    m = modes()
-    per_step = m.debug or m.step_log  # these modes read each step's counts
+    per_step = modes().per_step
     if st.pending is None:
         st.pending = torch.zeros(2, dtype=torch.int64, device=src.device)
     counter = torch.zeros(1, dtype=torch.int64, device=src.device) if per_step else st.pending[0:1]
@@ -347,8 +346,7 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
         staged, st.pending_staged = st.pending_staged, 0
         st.metrics.add(staged=staged, committed=committed, accepted=accepted,
                        bytes_saved=(staged - committed) * st.row_bytes)
-        checked_per_step = modes().debug or modes().step_log  # counted in _account already
-        if committed != accepted and not checked_per_step:
+        if committed != accepted and not modes().per_step:  # per-step mode counted it already
             st.metrics.add(violations=1)
             logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
     if log:
