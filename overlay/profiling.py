@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from functools import lru_cache
 
 import torch
@@ -78,7 +79,7 @@ class _StepRange:
             log = os.environ.get("SGLANG_NWOR_SCV_PROFILE_LOG")
             if log:
                 with open(log, "a") as f:
-                    f.write(json.dumps({"bs": bs, "index": index}) + "\n")
+                    f.write(json.dumps({"bs": bs, "index": index, "t": round(time.time(), 3)}) + "\n")
         if torch.cuda.is_available():
             self.nvtx_id = torch.cuda.nvtx.range_start("verify_step")
         if torch.autograd._profiler_enabled():

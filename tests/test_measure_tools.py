@@ -111,3 +111,31 @@ def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):
     got = {(r["mode"], r["bs"]): r["kv_write_kernels"]["dram__bytes_write.sum"] for r in rows}
     assert got == {(m, bs): 1000.0 * bs for m in ("nwor_off_scv_off", "nwor_stage_scv_graph")
                    for bs in (8, 32)}
+
+
+def test_ncu_session_console_is_stamped_and_a_timeout_kills_every_process(tmp_path):
+    """A mode cut at its timeout leaves no engine behind (a grandchild in the same
+    session, as SGLang's scheduler is under ncu), and its console says when each line
+    came and that it was cut."""
+    import os
+
+    from tools.measure_ncu import run_in_own_session
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "print('engine up', flush=True)\n"
+              "time.sleep(60)\n")
+    console = tmp_path / "console.txt"
+    rc = run_in_own_session([sys.executable, "-c", script], console, timeout=3)
+    text = console.read_text()
+    assert rc < 0 and "timed out after 3 s" in text
+    assert any(line.startswith("[") and line.endswith("s] engine up") for line in text.splitlines())
+    grandchild = int(pid_file.read_text())
+    try:
+        os.kill(grandchild, 0)
+        alive = open(f"/proc/{grandchild}/stat").read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive

@@ -70,6 +70,8 @@ def child(args) -> int:
     model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
     kw = build_engine_kwargs(args, args.specs, model_dir)
     kw["mem_fraction_static"] = args.mem_fraction  # ncu saves/restores written memory per replay pass
+    if args.graphs:  # capture only the profiled sizes: each capture is slow under ncu
+        kw["cuda_graph_bs_decode"] = sorted(set(args.bs))
     engine = sgl.Engine(**kw)
     print(f"[ncu child] engine up in {time.perf_counter() - t0:.0f} s", flush=True)
     try:
@@ -156,7 +158,7 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
     cmd = [args.ncu, "--target-processes", "all", "--profile-from-start", "off",
            "--cache-control", "none", "--clock-control", "none", "--csv", "--log-file", str(csv_path),
            "--graph-profiling", "node" if args.eager else "graph",
-           "--metrics", ",".join(METRICS), sys.executable, __file__, "--child", "--specs", spec,
+           "--metrics", args.metrics, sys.executable, __file__, "--child", "--specs", spec,
            "--bs", ",".join(map(str, args.bs)), "--layers", str(args.layers),
            "--tokens", str(args.tokens), "--mem-fraction", str(args.mem_fraction)]
     cmd += ["--eager"] if args.eager else []
@@ -196,17 +198,31 @@ def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mod
 
 def run_in_own_session(cmd: list[str], console: Path, timeout: float, env: dict | None = None) -> int:
     """ncu and every process under it in a session of their own, output live in
-    ``console``; on timeout the whole session is killed (ncu's launcher alone would
-    leave its front-end and the engine running into the next mode)."""
+    ``console`` with each line stamped by its second since start (where a slow mode
+    spends its time); on timeout the whole session is killed (ncu's launcher alone
+    would leave its front-end and the engine running into the next mode)."""
+    t0 = time.monotonic()
     with open(console, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+
+        def copy() -> None:
+            for line in proc.stdout:
+                out.write(f"[{time.monotonic() - t0:7.1f}s] {line.decode(errors='replace')}")
+                out.flush()
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
         try:
-            return proc.wait(timeout=timeout)
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            out.write(f"\n[measure_ncu] timed out after {timeout} s: killing the session\n")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return -signal.SIGKILL
+            rc = -signal.SIGKILL
+        reader.join(timeout=10)
+        if rc == -signal.SIGKILL:
+            out.write(f"\n[measure_ncu] timed out after {timeout} s: killed the session\n")
+        return rc
 
 
 def tail(path: Path, n: int = 1500) -> str:
@@ -231,6 +247,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="profiled verify steps per batch size")
     ap.add_argument("--acc-len", type=float, default=2.5)
     ap.add_argument("--timeout", type=int, default=400)
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help="ncu metrics; each extra replay pass saves and restores the written memory")
     ap.add_argument("--ncu", default=shutil.which("ncu") or "/usr/local/cuda/bin/ncu")
     args = ap.parse_args()
     args.bs = [int(x) for x in args.bs.split(",")]
