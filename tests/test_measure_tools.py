@@ -108,9 +108,17 @@ def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):
     assert all("nwor_scv" in r["plugins"] for r in runs)  # plugin modes load the plugin
     assert max(r["t0"] for r in runs) < min(r["t1"] for r in runs)  # they overlapped
     rows = json.loads((tmp_path / "ncu_whole_step.json").read_text())["summary"]["per_mode"]
-    got = {(r["mode"], r["bs"]): r["kv_write_kernels"]["dram__bytes_write.sum"] for r in rows}
+    got = {(r["mode"], r["bs"]): r["ncu_metrics"]["dram__bytes_write.sum"] for r in rows}
     assert got == {(m, bs): 1000.0 * bs for m in ("nwor_off_scv_off", "nwor_stage_scv_graph")
                    for bs in (8, 32)}
+    assert all(r["replay"] == "app-range" and r["kv_write_kernels"] is None for r in rows)
+    # --reduce rebuilds the same rows from the stored CSVs and step logs
+    again = subprocess.run([*cmd[:2], "--out", str(tmp_path / "again"), "--specs", "ngram-tree",
+                            "--modes", "nwor_off_scv_off,nwor_stage_scv_graph", "--bs", "8,32",
+                            "--reduce", str(tmp_path / "ncu_analysis")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows_again = json.loads((tmp_path / "again" / "ncu_whole_step.json").read_text())["summary"]["per_mode"]
+    assert {(r["mode"], r["bs"]): r["ncu_metrics"]["dram__bytes_write.sum"] for r in rows_again} == got
 
 
 def test_ncu_session_console_is_stamped_and_a_timeout_kills_every_process(tmp_path):

@@ -9,11 +9,19 @@ profiled steps of a batch size; the KV-write kernels (upstream's ``store_kvcache
 ``set_kv_buffer`` writes and its tree ``copy_all_layer_kv_cache`` move, our
 ``commit_accepted_kv_kernel``) are also summed alone.
 
-CUDA graphs are on by default, as in production, and ncu profiles each replayed graph
-as one workload (``--graph-profiling graph``): a step is then ~30 workloads instead of
-~270 kernels (8 layers), which is what makes a mode fit in about two minutes. KV writes
-inside a graph (upstream's ``store_kvcache``) are then counted in the graph's row, not
-in the KV-write column. ``--eager`` profiles every kernel instead (slow).
+Two ways to collect (``--replay``):
+
+- ``app-range`` (default): ncu's application range replay. Each profiler window (one
+  verify step) is one result: the counters run from ``cudaProfilerStart`` to ``Stop``
+  over every kernel and graph of the step, with no per-kernel serialization or replay.
+  With one pass (the default metrics need one on H100/H200, run 13) the application
+  runs once. Per-kernel columns (the KV-write kernels alone) are not available.
+- ``kernel``: every workload of the window is profiled on its own (kernel replay), with
+  CUDA graphs as one workload each (``--graph-profiling graph``) or, with ``--eager``,
+  every kernel. This gives the KV-write kernels alone, but a step of 8 layers costs
+  tens of seconds under ncu (runs 8, 10, 13), so a mode does not fit a short call.
+
+CUDA graphs are on by default, as in production.
 
 ``--cache-control none`` keeps L2 as the engine leaves it between kernels, so lines
 one kernel leaves dirty are written back (and counted) during a later kernel of the
@@ -155,10 +163,11 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
     env.update(SGLANG_NWOR_SCV_PROFILE_STEPS=f"{args.skip}:{args.skip + args.steps}",
                SGLANG_NWOR_SCV_PROFILE_BS=",".join(map(str, args.bs)),
                SGLANG_NWOR_SCV_PROFILE_LOG=str(log), SGLANG_SIMULATE_ACC_LEN=str(args.acc_len))
+    replay = (["--replay-mode", "app-range"] if args.replay == "app-range"
+              else ["--graph-profiling", "node" if args.eager else "graph"])
     cmd = [args.ncu, "--target-processes", "all", "--profile-from-start", "off",
            "--cache-control", "none", "--clock-control", "none", "--csv", "--log-file", str(csv_path),
-           "--graph-profiling", "node" if args.eager else "graph",
-           "--metrics", args.metrics, sys.executable, __file__, "--child", "--specs", spec,
+           *replay, "--metrics", args.metrics, sys.executable, __file__, "--child", "--specs", spec,
            "--bs", ",".join(map(str, args.bs)), "--layers", str(args.layers),
            "--tokens", str(args.tokens), "--mem-fraction", str(args.mem_fraction)]
     cmd += ["--eager"] if args.eager else []
@@ -172,7 +181,9 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
 
 def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mode: str) -> list[dict]:
     """One mode's ncu CSV + the plugin's step log -> one row per batch size."""
-    steps = split_steps(parse_csv(csv_path.read_text())) if csv_path.exists() else []
+    results = parse_csv(csv_path.read_text()) if csv_path.exists() else []
+    per_kernel = args.replay == "kernel"
+    steps = split_steps(results) if per_kernel else [[r] for r in results]  # a range is a step
     sizes = [json.loads(x)["bs"] for x in log.read_text().splitlines()] if log.exists() else []
     if len(sizes) < len(steps):
         raise RuntimeError(f"{len(steps)} marked steps in the ncu output, {len(sizes)} in the step log")
@@ -185,12 +196,13 @@ def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mod
         kv = [[k for k in s if KV_WRITE.search(k["name"])] for s in mine]
         out.append({
             "mode": ncu_mode, "spec": spec, "bs": bs, "steps": len(mine),
-            "layers": args.layers, "cuda_graphs": args.graphs,
-            "kernels_per_step": sum(map(len, mine)) / len(mine),
+            "layers": args.layers, "cuda_graphs": args.graphs, "replay": args.replay,
+            "kernels_per_step": sum(map(len, mine)) / len(mine) if per_kernel else None,
             "ncu_metrics": mean_dicts([step_metrics(s) for s in mine]),
             "kv_write_kernels": dict(mean_dicts([step_metrics(s) for s in kv]),
                                      kernels=sum(map(len, kv)) / len(kv),
-                                     names=sorted({k["name"][:80] for s in kv for k in s})),
+                                     names=sorted({k["name"][:80] for s in kv for k in s}))
+            if per_kernel else None,
             "invariants": json.loads(totals.read_text()) if totals.exists() else None,
         })
     return out
@@ -242,7 +254,9 @@ def main() -> int:
                     help="the engine's mem_fraction_static: a small KV pool keeps ncu's replay cheap")
     ap.add_argument("--gpus", default="", help="e.g. 1,2,3: run modes concurrently, one per GPU")
     ap.add_argument("--reduce", type=Path, help="reduce the CSVs of a stored run instead of running ncu")
-    ap.add_argument("--eager", action="store_true", help="no CUDA graphs; ncu profiles every kernel")
+    ap.add_argument("--replay", choices=("app-range", "kernel"), default="app-range",
+                    help="app-range: one result per verify step; kernel: one per workload (slow)")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs (--replay kernel: each kernel)")
     ap.add_argument("--skip", type=int, default=2, help="verify steps of each size before the window")
     ap.add_argument("--steps", type=int, default=2, help="profiled verify steps per batch size")
     ap.add_argument("--acc-len", type=float, default=2.5)
@@ -258,10 +272,11 @@ def main() -> int:
         return child(args)
     if args.reduce:  # re-reduce a stored run: --reduce DIR holding <spec>_<mode>.csv[.steps.jsonl]
         stem = args.reduce.joinpath
+        args.out.mkdir(parents=True, exist_ok=True)
         rows = [row for spec in args.specs.split(",") for mode in args.modes.split(",")
                 for row in reduce_run(stem(f"{spec}_{mode}.csv"), stem(f"{spec}_{mode}.steps.jsonl"),
                                       stem(f"{spec}_{mode}.totals.json"), args, spec, mode)]
-        save(args.out / "ncu_whole_step.json", rows, [])
+        save(args.out / "ncu_whole_step.json", rows, [], METHODS[args.replay])
         return 0 if rows else 1
     workdir = args.out / "ncu_analysis"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -295,12 +310,18 @@ def main() -> int:
                 print(json.dumps({k: row[k] for k in ("mode", "spec", "bs", "steps", "kernels_per_step")}),
                       {k: f"{v:.4g}" for k, v in row["ncu_metrics"].items()}, flush=True)
             per_mode.extend(rows)
-            save(args.out / "ncu_whole_step.json", per_mode, errors)
-    save(args.out / "ncu_whole_step.json", per_mode, errors)
+            save(args.out / "ncu_whole_step.json", per_mode, errors, METHODS[args.replay])
+    save(args.out / "ncu_whole_step.json", per_mode, errors, METHODS[args.replay])
     return 0 if per_mode and not errors else 1
 
 
-def save(path: Path, per_mode: list, errors: list) -> None:
+METHODS = {"app-range": "ncu application range replay, one range per verify step (cudaProfilerStart/Stop), "
+                        "--cache-control none",
+           "kernel": "ncu kernel replay (CUDA graphs as one workload each), --cache-control none, "
+                     "sums over whole verify steps"}
+
+
+def save(path: Path, per_mode: list, errors: list, method: str) -> None:
     """Rewritten after every mode: a timeout keeps what was measured; earlier runs'
     rows for other (spec, mode, bs) stay (several device calls fill one report)."""
     old = json.loads(path.read_text()) if path.exists() else {"summary": {"per_mode": []}}
@@ -310,8 +331,7 @@ def save(path: Path, per_mode: list, errors: list) -> None:
     old_errors = [e for e in old.get("errors", []) if (e["spec"], e["mode"]) not in failed]
     path.write_text(json.dumps(
         {"summary": {"per_mode": rows + per_mode}, "errors": old_errors + errors,
-         "method": "ncu kernel replay (CUDA graphs as one workload each), --cache-control none, "
-                  "sums over whole verify steps"}, indent=1))
+         "method": method}, indent=1))
 
 
 if __name__ == "__main__":
