@@ -162,10 +162,11 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
     plugin_on, env = mode_env(NCU_MODES[ncu_mode], args.graphs, totals)
     env.update(SGLANG_NWOR_SCV_PROFILE_STEPS=f"{args.skip}:{args.skip + args.steps}",
                SGLANG_NWOR_SCV_PROFILE_BS=",".join(map(str, args.bs)),
-               SGLANG_NWOR_SCV_PROFILE_LOG=str(log), SGLANG_SIMULATE_ACC_LEN=str(args.acc_len))
-    replay = (["--replay-mode", "app-range"] if args.replay == "app-range"
-              else ["--graph-profiling", "node" if args.eager else "graph"])
-    cmd = [args.ncu, "--target-processes", "all", "--profile-from-start", "off",
+               SGLANG_NWOR_SCV_PROFILE_LOG=str(log), SGLANG_SIMULATE_ACC_LEN=str(args.acc_len),
+               SGLANG_NWOR_SCV_LOG_INTERVAL="4")  # a short run still writes its invariant totals
+    replay = (["--replay-mode", "app-range"] if args.replay == "app-range"  # ranges: profiler start/stop
+              else ["--profile-from-start", "off", "--graph-profiling", "node" if args.eager else "graph"])
+    cmd = [args.ncu, "--target-processes", "all",
            "--cache-control", "none", "--clock-control", "none", "--csv", "--log-file", str(csv_path),
            *replay, "--metrics", args.metrics, sys.executable, __file__, "--child", "--specs", spec,
            "--bs", ",".join(map(str, args.bs)), "--layers", str(args.layers),
