@@ -5,7 +5,11 @@
 #   ncu:   tools/measure_ncu.py     Nsight Compute DRAM/L2 bytes per whole verify step, per mode
 # Knobs (env): REPORT_PARTS=sweep,ncu  SPECS  SWEEP_MODES  SWEEP_BS  SAMPLING  NCU_SPECS  NCU_MODES
 #              NCU_BS  NCU_LAYERS  NCU_ARGS  SWEEP_ARGS (extra flags)  REPORT_GPUS=0,1,..  SKIP_INSTALL=1 (environment already set up)
-# Device tool: run(command="bash ci/gpu/run_report.sh", carry=[".wheelhouse"])
+# Defaults suit an unattended runner (8 ncu sessions of ~1 min, sweep ~10 min on one GPU).
+# Device tool (10-minute calls): set the *_TIMEOUT knobs below 600 s, and on a 2-GPU kind
+# REPORT_GPUS=0,1 gives the whole report in one call (docs/measurements.md, run 16):
+#   run(command="REPORT_GPUS=0,1 ... bash ci/gpu/run_report.sh && bash ci/gpu/pack_results.sh",
+#       carry=[".wheelhouse"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/gpu}
@@ -21,8 +25,8 @@ if [ ! -s "$OUT/card.txt" ]; then
 fi
 cat "$OUT/card.txt"
 PARTS=${REPORT_PARTS:-sweep,ncu}
-# REPORT_GPUS=0,1,2,3 (several GPUs): the sweep runs on the first GPU while the ncu modes
-# run one per remaining GPU, all at once; the report then needs one call, not three.
+# REPORT_GPUS=0,1[,2,3] (several GPUs): the sweep runs on the first GPU while the ncu
+# sessions share the remaining GPUs, all at once.
 IFS=, read -r -a GPUS <<< "${REPORT_GPUS:-}"
 SWEEP_ENV=() NCU_GPUS=""
 if [ "${#GPUS[@]}" -ge 2 ]; then
@@ -31,17 +35,17 @@ if [ "${#GPUS[@]}" -ge 2 ]; then
 fi
 run_ncu() {
   echo "=== ncu${NCU_GPUS:+ (GPUs $NCU_GPUS)}"; local t0=$SECONDS r=0
-  timeout "${NCU_TIMEOUT:-540}" python3 tools/measure_ncu.py --out "$OUT" \
+  timeout "${NCU_TIMEOUT:-1800}" python3 tools/measure_ncu.py --out "$OUT" \
     --specs "${NCU_SPECS:-ngram-chain,ngram-tree}" \
     --modes "${NCU_MODES:-nwor_off_scv_off,nwor_stage_scv_off,nwor_off_scv_graph,nwor_stage_scv_graph}" \
-    --bs "${NCU_BS:-32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-400}" \
+    --bs "${NCU_BS:-8,32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-300}" \
     ${NCU_GPUS:+--gpus "$NCU_GPUS"} ${NCU_ARGS:-} > "$OUT/ncu_log.txt" 2>&1 || r=1
   grep -E '^(===|FAILED|\{)' "$OUT/ncu_log.txt" | cut -c1-400
   echo "=== ncu rc=$r $((SECONDS - t0))s"; return $r
 }
 run_sweep() {
   echo "=== sweep${SWEEP_ENV:+ (GPU ${GPUS[0]})}"; local t0=$SECONDS r=0
-  timeout "${SWEEP_TIMEOUT:-540}" "${SWEEP_ENV[@]}" python3 tools/measure_engine.py --out "$OUT" \
+  timeout "${SWEEP_TIMEOUT:-2400}" "${SWEEP_ENV[@]}" python3 tools/measure_engine.py --out "$OUT" \
     --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,off,nwor+scv}" \
     --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
     --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" ${SWEEP_ARGS:-} \
