@@ -376,3 +376,21 @@ def test_seeded_h100_baseline(tmp_path):
     assert len(stored["0001"]["benchmarks"]) == 24 and len(stored["0002"]["benchmarks"]) == 128
     rc, out = _budgets("check", RUN4 / "bench.json", "--card-file", RUN4 / "card.txt", "--out", tmp_path)
     assert rc == 0 and "OK: 128 compared, 0 regressions, 0 missing" in out
+
+
+def test_range_replay_rows_say_window_time_and_skip_kernel_columns(tmp_path):
+    """Rows from ncu's application range replay (one result per verify step) carry no
+    per-kernel numbers: the page must label the time as the window's and not claim a
+    KV-write reduction it did not measure."""
+    res = write_results(tmp_path / "res")
+    rows = [dict(_ncu_mode(m, w, 0), replay="app-range", kernels_per_step=None, kv_write_kernels=None)
+            for m, w in (("nwor_off_scv_off", 100e6), ("nwor_stage_scv_graph", 60e6))]
+    (res / "ncu_whole_step.json").write_text(json.dumps({"summary": {"per_mode": rows}}))
+    data = nightly_report.build(res, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    got = {r["mode"]: r for r in _rows(data, "dram_writes")}
+    assert got["nwor_stage_scv_graph"]["reduction_vs_off_pct"] == pytest.approx(40.0)
+    assert got["nwor_stage_scv_graph"]["kv_reduction_vs_off_pct"] is None
+    assert "window time us" in md and "kernel time us" not in md
+    assert "Application range replay" in md
+    assert "40.0% fewer bytes than off/off\n" in md  # no "(KV-write kernels: – fewer)"
