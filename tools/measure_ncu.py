@@ -1,13 +1,10 @@
 """Nsight Compute over whole verify steps of the real engine, per NWOR/SCV mode.
 
 For each (speculative config, mode) one engine runs under
-``ncu --profile-from-start off --target-processes all --cache-control none``; the
-plugin's profiler window (sglang_nwor_scv.profiling) opens the CUDA profiler around
-verify steps a..b-1 of each requested batch size, and marks each step's start with a
-``spin_kernel``. Per step, every workload's metrics are summed, then averaged over the
-profiled steps of a batch size; the KV-write kernels (upstream's ``store_kvcache`` /
-``set_kv_buffer`` writes and its tree ``copy_all_layer_kv_cache`` move, our
-``commit_accepted_kv_kernel``) are also summed alone.
+``ncu --target-processes all --cache-control none``; the plugin's profiler window
+(sglang_nwor_scv.profiling) opens the CUDA profiler around verify steps a..b-1 of each
+requested batch size. The metrics of each profiled step are summed, then averaged over
+the profiled steps of a batch size.
 
 Two ways to collect (``--replay``):
 
@@ -18,8 +15,11 @@ Two ways to collect (``--replay``):
   runs once. Per-kernel columns (the KV-write kernels alone) are not available.
 - ``kernel``: every workload of the window is profiled on its own (kernel replay), with
   CUDA graphs as one workload each (``--graph-profiling graph``) or, with ``--eager``,
-  every kernel. This gives the KV-write kernels alone, but a step of 8 layers costs
-  tens of seconds under ncu (runs 8, 10, 13), so a mode does not fit a short call.
+  every kernel; a ``spin_kernel`` marker starts each step. This also sums the KV-write
+  kernels alone (upstream's ``store_kvcache`` / ``set_kv_buffer`` writes and its tree
+  ``copy_all_layer_kv_cache`` move, our ``commit_accepted_kv_kernel``; inside a graph
+  they count in the graph's row), but a step of 8 layers costs tens of seconds under ncu
+  (runs 8, 10, 13), so a mode does not fit a short call.
 
 CUDA graphs are on by default, as in production.
 
@@ -194,19 +194,22 @@ def reduce_run(csv_path: Path, log: Path, totals: Path, args, spec: str, ncu_mod
         mine = [s for s, b in zip(steps, sizes, strict=True) if b == bs]
         if not mine:
             continue
-        kv = [[k for k in s if KV_WRITE.search(k["name"])] for s in mine]
         out.append({
             "mode": ncu_mode, "spec": spec, "bs": bs, "steps": len(mine),
             "layers": args.layers, "cuda_graphs": args.graphs, "replay": args.replay,
             "kernels_per_step": sum(map(len, mine)) / len(mine) if per_kernel else None,
             "ncu_metrics": mean_dicts([step_metrics(s) for s in mine]),
-            "kv_write_kernels": dict(mean_dicts([step_metrics(s) for s in kv]),
-                                     kernels=sum(map(len, kv)) / len(kv),
-                                     names=sorted({k["name"][:80] for s in kv for k in s}))
-            if per_kernel else None,
+            "kv_write_kernels": kv_write_kernels(mine) if per_kernel else None,
             "invariants": json.loads(totals.read_text()) if totals.exists() else None,
         })
     return out
+
+
+def kv_write_kernels(steps: list[list[dict]]) -> dict:
+    """Kernel replay only: the KV-pool writers of each step, summed alone."""
+    kv = [[k for k in s if KV_WRITE.search(k["name"])] for s in steps]
+    return dict(mean_dicts([step_metrics(s) for s in kv]), kernels=sum(map(len, kv)) / len(kv),
+                names=sorted({k["name"][:80] for s in kv for k in s}))
 
 
 def run_in_own_session(cmd: list[str], console: Path, timeout: float, env: dict | None = None) -> int:
