@@ -42,7 +42,6 @@ import io
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -55,10 +54,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools.trace_stats import KV_WRITE  # noqa: E402  (the KV-pool writers, one definition)
+
 METRICS = ("dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_op_write.sum",
            "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum")
 SUMMED = METRICS[:3] + ("gpu__time_duration.sum",)
-KV_WRITE = re.compile(r"store_kvcache|set_kv_buffer|commit_accepted_kv|store_cache|copy_all_layer_kv_cache")
 MARKER = "spin_kernel"
 # The four modes of the seed's table; env for tools/measure_engine.MODES names.
 NCU_MODES = {"nwor_off_scv_off": "off", "nwor_stage_scv_off": "nwor",

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 RANGES = ("verify_step", "scv_compute_mask", "nwor_commit")
-# KV-pool writers: upstream's per-layer stores and tree move, our commit (as in measure_ncu)
+# KV-pool writers: upstream's per-layer stores and tree move, our commit (measure_ncu uses it too)
 KV_WRITE = re.compile(r"store_kvcache|set_kv_buffer|commit_accepted_kv|store_cache|copy_all_layer_kv_cache")
 API_CATS = ("cuda_runtime", "cuda_driver")
 
