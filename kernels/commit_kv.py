@@ -85,6 +85,8 @@ def commit_accepted_kv_ref(
     committed: Optional[torch.Tensor] = None,
     *,
     kv_dtype: Optional[torch.dtype] = None,
+    dst_window: Optional[torch.Tensor] = None,
+    accept_lens: Optional[torch.Tensor] = None,
 ) -> None:
     """Write the valid commit entries of every layer, with plain torch ops.
 
@@ -103,14 +105,21 @@ def commit_accepted_kv_ref(
     k_scales, v_scales : optional sequence of L floats or 0-dim tensors
         Per-layer scales, applied as ``set_kv_buffer`` does: ``x / scale`` in the
         source dtype, only when the source dtype differs from ``kv_dtype``.
-    committed : optional int64 ``[1]``
-        Incremented by the number of valid entries (once per entry, not per layer).
+    committed : optional int64 ``[1]`` (``[2]`` with ``accept_lens``)
+        ``committed[0]`` is incremented by the number of valid entries (once per
+        entry, not per layer); ``committed[1]`` by ``accept_lens.sum()``.
     kv_dtype : optional torch.dtype
         The pool's ``dtype``; required when the buffers are uint8 (FP8 bytes).
+    dst_window : optional int ``[T]``
+        When given, ``dst_slots`` are positions in it (slot = ``dst_window[pos]``).
+    accept_lens : optional int ``[bs]``
+        Accepted rows per request, summed into ``committed[1]``.
 
     Not graph-safe (boolean indexing syncs); use ``KVCommitPlan`` there.
     """
     kv_dtype = _resolve_kv_dtype(k_dst[0], kv_dtype)
+    if dst_window is not None:
+        dst_slots = torch.where(dst_slots >= 0, dst_window.to(torch.int64)[dst_slots.clamp(min=0)], -1)
     valid = (src_rows >= 0) & (dst_slots >= 0)
     src = src_rows[valid]
     dst = dst_slots[valid]
@@ -127,7 +136,9 @@ def commit_accepted_kv_ref(
                 x = x.view(buf.dtype)
             buf[dst] = x
     if committed is not None:
-        committed += valid.sum().to(committed.dtype)
+        committed[0] += valid.sum().to(committed.dtype)
+        if accept_lens is not None:
+            committed[1] += accept_lens.sum().to(committed.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -264,13 +275,16 @@ def _commit_tile(
 @triton.jit
 def commit_accepted_kv_kernel(
     src_rows_ptr,  # int64 [M]
-    dst_slots_ptr,  # int64 [M]
+    dst_slots_ptr,  # int64 [M]: slots, or window positions when DST_FROM_WINDOW
+    dst_window_ptr,  # int32/int64 [T]: slot of each window position (DST_FROM_WINDOW only)
     ptr_table,  # int64 [4, L]: data_ptr of k_src, v_src, k_dst, v_dst per layer
     stride_table,  # int64 [4, L]: k token, k head, v token, v head strides (elements)
     scale_table,  # fp32 [2, L]: per-layer K / V scale operand
-    committed_ptr,  # int64 [1] (unused unless COUNT)
+    committed_ptr,  # int64 [1] or [2] (unused unless COUNT)
+    accept_lens_ptr,  # int32/int64 [num_accept] (COUNT_ACCEPTED only)
     num_entries,  # M
     num_layers,  # L
+    num_accept,  # entries of accept_lens
     H: tl.constexpr,
     DK: tl.constexpr,
     DV: tl.constexpr,
@@ -285,13 +299,16 @@ def commit_accepted_kv_kernel(
     E4M3_OVERFLOW: tl.constexpr,
     E4M3_CARRY: tl.constexpr,
     COUNT: tl.constexpr,
+    COUNT_ACCEPTED: tl.constexpr,
+    DST_FROM_WINDOW: tl.constexpr,
     COUNT_BLOCK: tl.constexpr,
 ):
     entry = tl.program_id(0)
     layer = tl.program_id(1)
 
     if COUNT:
-        # one program counts the valid entries and bumps the counter once
+        # one program counts the valid entries (and the accepted rows) and bumps
+        # the counters once
         if (entry == 0) & (layer == 0):
             total = tl.zeros([COUNT_BLOCK], dtype=tl.int64)
             for start in range(0, num_entries, COUNT_BLOCK):
@@ -301,9 +318,17 @@ def commit_accepted_kv_kernel(
                 d = tl.load(dst_slots_ptr + offs, mask=m, other=-1)
                 total += ((s >= 0) & (d >= 0)).to(tl.int64)
             tl.store(committed_ptr, tl.load(committed_ptr) + tl.sum(total, axis=0))
+            if COUNT_ACCEPTED:
+                acc = tl.zeros([COUNT_BLOCK], dtype=tl.int64)
+                for start in range(0, num_accept, COUNT_BLOCK):
+                    offs = start + tl.arange(0, COUNT_BLOCK)
+                    acc += tl.load(accept_lens_ptr + offs, mask=offs < num_accept, other=0).to(tl.int64)
+                tl.store(committed_ptr + 1, tl.load(committed_ptr + 1) + tl.sum(acc, axis=0))
 
     src_row = tl.load(src_rows_ptr + entry)
     dst_slot = tl.load(dst_slots_ptr + entry)
+    if DST_FROM_WINDOW:
+        dst_slot = tl.load(dst_window_ptr + dst_slot, mask=dst_slot >= 0, other=-1).to(tl.int64)
     if (src_row >= 0) & (dst_slot >= 0):
         k_src = tl.load(ptr_table + layer)
         v_src = tl.load(ptr_table + num_layers + layer)
@@ -581,6 +606,9 @@ class KVCommitPlan:
         src_rows: torch.Tensor,
         dst_slots: torch.Tensor,
         committed: Optional[torch.Tensor] = None,
+        *,
+        dst_window: Optional[torch.Tensor] = None,
+        accept_lens: Optional[torch.Tensor] = None,
     ) -> None:
         """Commit entries ``src_rows[i] -> dst_slots[i]`` for every layer, one launch.
 
@@ -588,8 +616,14 @@ class KVCommitPlan:
         ----------
         src_rows, dst_slots : int64 ``[M]`` on the plan's device
             Negative in either marks a padding entry (skipped).
-        committed : optional int64 ``[1]``
-            Incremented by the number of valid entries.
+        committed : optional int64 ``[1]`` (``[2]`` with ``accept_lens``)
+            ``committed[0]`` is incremented by the number of valid entries.
+        dst_window : optional int32/int64 ``[T]``
+            When given, ``dst_slots`` are positions in it: the slot is
+            ``dst_window[dst_slots[i]]`` (SCV emits window positions).
+        accept_lens : optional int ``[bs]``
+            When given, ``committed[1]`` is incremented by its sum (the accepted
+            rows, counted in the same launch for the committed == accepted check).
         """
         for name, x in (("src_rows", src_rows), ("dst_slots", dst_slots)):
             if x.dim() != 1 or x.dtype != torch.int64 or x.device != self.device:
@@ -602,10 +636,15 @@ class KVCommitPlan:
                 f"dst_slots has shape {tuple(dst_slots.shape)}, expected "
                 f"{tuple(src_rows.shape)} (as src_rows)"
             )
+        want = 1 if accept_lens is None else 2
         if committed is not None and (
-            committed.numel() != 1 or committed.dtype != torch.int64 or committed.device != self.device
+            committed.numel() != want or committed.dtype != torch.int64 or committed.device != self.device
         ):
-            raise ValueError(f"committed must be an int64 [1] tensor on {self.device}")
+            raise ValueError(f"committed must be an int64 [{want}] tensor on {self.device}")
+        if accept_lens is not None and (committed is None or accept_lens.dim() != 1):
+            raise ValueError("accept_lens needs a [2] committed counter and must be 1-D")
+        if dst_window is not None and (dst_window.dim() != 1 or dst_window.device != self.device):
+            raise ValueError(f"dst_window must be a 1-D tensor on {self.device}")
         num_entries = src_rows.shape[0]
         if num_entries == 0:
             return
@@ -614,13 +653,18 @@ class KVCommitPlan:
         commit_accepted_kv_kernel[(num_entries, self.num_layers)](
             src_rows,
             dst_slots,
+            dst_window.contiguous() if dst_window is not None else src_rows,
             self.ptr_table,
             self.stride_table,
             self.scale_table,
             committed if committed is not None else src_rows,
+            accept_lens if accept_lens is not None else src_rows,
             num_entries,
             self.num_layers,
+            accept_lens.shape[0] if accept_lens is not None else 0,
             COUNT=committed is not None,
+            COUNT_ACCEPTED=accept_lens is not None,
+            DST_FROM_WINDOW=dst_window is not None,
             **self._meta,
         )
 
@@ -639,6 +683,8 @@ def commit_accepted_kv(
     committed: Optional[torch.Tensor] = None,
     *,
     kv_dtype: Optional[torch.dtype] = None,
+    dst_window: Optional[torch.Tensor] = None,
+    accept_lens: Optional[torch.Tensor] = None,
 ) -> KVCommitPlan:
     """Triton version of ``commit_accepted_kv_ref``: same arguments, same bytes.
 
@@ -647,5 +693,5 @@ def commit_accepted_kv(
     there) and launches it once. Returns the plan.
     """
     plan = KVCommitPlan(k_src, v_src, k_dst, v_dst, k_scales, v_scales, kv_dtype=kv_dtype)
-    plan.launch(src_rows, dst_slots, committed)
+    plan.launch(src_rows, dst_slots, committed, dst_window=dst_window, accept_lens=accept_lens)
     return plan

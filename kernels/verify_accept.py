@@ -119,6 +119,8 @@ import triton.language as tl
 __all__ = [
     "VerifyAcceptOutputs",
     "alloc_verify_accept_outputs",
+    "check_verify_accept_args",
+    "launch_verify_accept_greedy",
     "verify_accept_greedy",
     "verify_accept_greedy_ref",
 ]
@@ -370,10 +372,28 @@ def verify_accept_greedy(
         out = alloc_verify_accept_outputs(bs, n, max_depth, candidates.device)
     else:
         _check_outputs(out, bs, n, max_depth, candidates.device)
+    launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
+                                retrieve_next_sibling, target_predict, out_cache_loc, max_depth, out)
+    return out
+
+
+def check_verify_accept_args(candidates, retrieve_index, retrieve_next_token, retrieve_next_sibling,
+                             target_predict, out_cache_loc, max_depth, out) -> None:
+    """``verify_accept_greedy``'s checks alone (ValueError on a bad argument), for callers
+    that validate once per input signature and then call ``launch_verify_accept_greedy``."""
+    _check_inputs(candidates, retrieve_index, retrieve_next_token, retrieve_next_sibling,
+                  target_predict, out_cache_loc, max_depth)
+    bs, n = candidates.shape
+    _check_outputs(out, bs, n, max_depth, candidates.device)
+
+
+def launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token, retrieve_next_sibling,
+                                target_predict, out_cache_loc, max_depth, out) -> None:
+    """The launch alone: arguments as ``verify_accept_greedy``, already checked."""
+    bs, n = candidates.shape
     if bs == 0:
         out.num_committed.zero_()
-        return out
-
+        return
     block_n = triton.next_power_of_2(n)
     block_d = triton.next_power_of_2(max_depth)
     _verify_accept_greedy_kernel[(bs,)](
@@ -399,7 +419,6 @@ def verify_accept_greedy(
         BLOCK_D=block_d,
         num_warps=1 if block_n * block_d <= 1024 else 4,
     )
-    return out
 
 
 def _check_inputs(

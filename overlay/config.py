@@ -1,49 +1,161 @@
-"""Feature switches, read from the environment when first needed (never at import
-or plugin registration), so one installed plugin serves every configuration.
+"""Every switch the plugin reads: declared once here, parsed once per process by one parser.
 
-| variable                    | values                          | default     |
-|-----------------------------|---------------------------------|-------------|
-| SGLANG_NWOR_MODE            | off, stage                      | stage       |
-| SGLANG_SCV_MODE             | off, vectorized, graph          | vectorized  |
-| SGLANG_NWOR_SCV_DEBUG       | 0, 1 (check invariants per step)| 0           |
-| SGLANG_NWOR_SCV_STEP_LOG    | path: append one JSON line/step | unset       |
-| SGLANG_NWOR_SCV_LOG_INTERVAL| verify steps between log lines  | 100         |
-| SGLANG_NWOR_SCV_FORCE_VERSION | adapter to use on an unsupported SGLang | unset |
-| SGLANG_NWOR_GRAPH           | 0, 1: also stage in CUDA-graph verify (experimental) | 0 |
-| SGLANG_NWOR_SCV_TOTALS      | path: cumulative counters as JSON, rewritten at each flush | unset |
-| SGLANG_NWOR_SCV_PROFILE     | 0, 1: NVTX + torch.profiler ranges (sglang_nwor_scv.profiling) | 0 |
-| SGLANG_NWOR_SCV_PROFILE_STEPS | a:b: cudaProfilerStart/Stop around verify steps a..b-1 | unset |
-| SGLANG_NWOR_SCV_SYNC_CHECK  | 0, 1: count host syncs in our sites (sglang_nwor_scv.sync_check) | 0 |
+``SWITCHES`` is the single list (name, allowed values, default, what it does); README's
+switch table is checked against it (tests/test_config.py). ``modes()`` parses the whole
+environment the first time anything asks (the plugin asks at registration), so one
+installed plugin serves every configuration and nothing is read at import.
 
-``graph`` falls back to ``vectorized`` where no CUDA graph can be captured (CPU).
+A bad value never reaches serving: ``modes()`` logs one line naming the variable and its
+allowed values, and returns ``STEP_ASIDE`` (every feature off), so upstream SGLang runs
+unmodified; ``plugin.register()`` registers no hook at all in that case.
+
+Booleans accept 1/0, true/false, yes/no, on/off in any case; an empty value means
+"unset" (the default) for every switch.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
+
+logger = logging.getLogger("sglang_nwor_scv")
 
 NWOR_MODES = ("off", "stage")
 SCV_MODES = ("off", "vectorized", "graph")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
-def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = os.environ.get(name, default).strip().lower() or default
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-    return value
+class SwitchError(ValueError):
+    """A switch holds a value the plugin does not accept."""
+
+
+@dataclass(frozen=True)
+class Switch:
+    name: str
+    field: str  # attribute of Modes
+    values: str  # allowed values, as README shows them
+    default: str | None  # raw default ("" or None: unset)
+    doc: str
+    parse: Callable[[str, str], object]
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise SwitchError(f"{name}={raw!r} is not a boolean (use one of {', '.join(_TRUE + _FALSE)})")
+
+
+def _choice(allowed: tuple[str, ...]):
+    def parse(name: str, raw: str) -> str:
+        low = raw.strip().lower()
+        if low not in allowed:
+            raise SwitchError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+        return low
+    return parse
+
+
+def _int(minimum: int, auto: bool = False):
+    def parse(name: str, raw: str):
+        low = raw.strip().lower()
+        if auto and low == "auto":
+            return None
+        try:
+            value = int(low)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            want = f"an integer >= {minimum}" + (" or 'auto'" if auto else "")
+            raise SwitchError(f"{name}={raw!r} is not {want}")
+        return value
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _step_range(name: str, raw: str) -> tuple[int, int]:
+    a, sep, b = raw.strip().partition(":")
+    try:
+        start, stop = int(a), int(b)
+    except ValueError:
+        start = stop = -1
+    if not sep or not 0 <= start < stop:
+        raise SwitchError(f"{name}={raw!r} is not a:b with 0 <= a < b")
+    return start, stop
+
+
+def _int_set(name: str, raw: str) -> frozenset[int]:
+    try:
+        values = frozenset(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        values = frozenset()
+    if not values or min(values) < 1:
+        raise SwitchError(f"{name}={raw!r} is not a comma-separated list of batch sizes >= 1")
+    return values
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch("SGLANG_NWOR_MODE", "nwor", "`off`, `stage`", "stage",
+           "stage verify K/V, commit accepted rows only", _choice(NWOR_MODES)),
+    Switch("SGLANG_SCV_MODE", "scv", "`off`, `vectorized`, `graph`", "vectorized",
+           "fused acceptance kernel (`graph`: see docs/status.md)", _choice(SCV_MODES)),
+    Switch("SGLANG_NWOR_GRAPH", "graph_stage", "boolean", "1",
+           "also stage CUDA-graph verify steps (buckets within `SGLANG_NWOR_GRAPH_MAX_MB`)", _bool),
+    Switch("SGLANG_NWOR_GRAPH_MAX_MB", "graph_max_mb", "`auto`, MiB", "auto",
+           "largest verify-graph bucket staged: its K/V held at most this many MiB "
+           "(`auto`: 1% of the KV pool, at most 1024)", _int(0, auto=True)),
+    Switch("SGLANG_NWOR_MOVE", "move", "boolean", "1",
+           "unstaged steps: replace upstream's post-verify KV move by one launch "
+           "that copies only the rows that move", _bool),
+    Switch("SGLANG_NWOR_SCV_DEBUG", "debug", "boolean", "0",
+           "check invariants every step (syncs; poisons verify-window rows first)", _bool),
+    Switch("SGLANG_NWOR_SCV_STEP_LOG", "step_log", "path", None,
+           "one JSON line per verify step (staged, committed, accepted, checks)", _text),
+    Switch("SGLANG_NWOR_SCV_LOG_INTERVAL", "log_interval", "integer >= 1", "100",
+           "verify steps between counter flushes and log lines", _int(1)),
+    Switch("SGLANG_NWOR_SCV_TOTALS", "totals_path", "path", None,
+           "cumulative counters as JSON, rewritten at each flush", _text),
+    Switch("SGLANG_NWOR_SCV_PROFILE", "profile", "boolean", "0",
+           "NVTX / profiler ranges `verify_step`, `scv_compute_mask`, `nwor_commit`, `kv_move`", _bool),
+    Switch("SGLANG_NWOR_SCV_PROFILE_STEPS", "profile_steps", "`a:b`", None,
+           "cudaProfilerStart/Stop around verify steps a..b-1 of each batch size (ncu)", _step_range),
+    Switch("SGLANG_NWOR_SCV_PROFILE_BS", "profile_bs", "`8,64,...`", None,
+           "limit the profiler window to these batch sizes", _int_set),
+    Switch("SGLANG_NWOR_SCV_PROFILE_LOG", "profile_log", "path", None,
+           "append one JSON line per profiled step (batch size, index, time)", _text),
+    Switch("SGLANG_NWOR_SCV_SYNC_CHECK", "sync_check", "boolean", "0",
+           "count (and log where) host syncs happen inside the plugin's sites", _bool),
+    Switch("SGLANG_NWOR_SCV_FORCE_VERSION", "force_version", "a supported version", None,
+           "adapter to use on an SGLang release the plugin does not know", _text),
+)
 
 
 @dataclass(frozen=True)
 class Modes:
-    nwor: str
-    scv: str
-    debug: bool
-    step_log: str | None
-    log_interval: int
-    graph_stage: bool = False
+    nwor: str = "stage"
+    scv: str = "vectorized"
+    graph_stage: bool = True
+    graph_max_mb: int | None = None  # None: auto
+    move: bool = True
+    debug: bool = False
+    step_log: str | None = None
+    log_interval: int = 100
     totals_path: str | None = None
+    profile: bool = False
+    profile_steps: tuple[int, int] | None = None
+    profile_bs: frozenset[int] | None = None
+    profile_log: str | None = None
+    sync_check: bool = False
+    force_version: str | None = None
+    refusal: str | None = None  # set on STEP_ASIDE: why every feature is off
 
     @property
     def per_step(self) -> bool:
@@ -59,15 +171,32 @@ class Modes:
         return self.scv != "off"
 
 
+STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False)
+
+
+def parse(environ: Mapping[str, str]) -> Modes:
+    """All switches from ``environ``; raises ``SwitchError`` naming the first bad one."""
+    values = {}
+    for s in SWITCHES:
+        raw = environ.get(s.name, "")
+        if raw.strip() == "":
+            raw = s.default
+        values[s.field] = s.parse(s.name, raw) if raw is not None else None
+    return Modes(**values)
+
+
 @lru_cache(maxsize=1)
 def modes() -> Modes:
-    """The process's modes, read once on first use."""
-    return Modes(
-        nwor=_choice("SGLANG_NWOR_MODE", NWOR_MODES, "stage"),
-        scv=_choice("SGLANG_SCV_MODE", SCV_MODES, "vectorized"),
-        debug=os.environ.get("SGLANG_NWOR_SCV_DEBUG", "0") not in ("", "0", "false"),
-        step_log=os.environ.get("SGLANG_NWOR_SCV_STEP_LOG") or None,
-        log_interval=int(os.environ.get("SGLANG_NWOR_SCV_LOG_INTERVAL", "100")),
-        graph_stage=os.environ.get("SGLANG_NWOR_GRAPH", "0") == "1",
-        totals_path=os.environ.get("SGLANG_NWOR_SCV_TOTALS") or None,
-    )
+    """This process's switches, parsed once; ``STEP_ASIDE`` (logged once) if any is bad."""
+    try:
+        return parse(os.environ)
+    except SwitchError as e:
+        reason = f"{e}; sglang-nwor-scv steps aside and upstream SGLang runs unmodified"
+        logger.error("%s", reason)
+        return replace(STEP_ASIDE, refusal=reason)
+
+
+def reload() -> Modes:
+    """Forget the parsed switches (tests, and tools that change the environment)."""
+    modes.cache_clear()
+    return modes()

@@ -49,3 +49,23 @@ def nwor_refusal(model_runner) -> str | None:
     if getattr(backend, "dcp_size", 1) != 1:
         return "decode context parallelism (masked per-rank KV writes)"
     return None
+
+
+def move_refusal(pool) -> str | None:
+    """None when the one-launch KV move may replace upstream's move on ``pool``."""
+    try:
+        from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+    except ImportError as e:
+        return f"cannot import MHATokenToKVPool ({e})"
+    if type(pool) is not MHATokenToKVPool:
+        # Subclasses move differently (hybrid/SWA pools split the move, page-major
+        # pools use the native move, FP4 pools move scale blocks too).
+        return f"KV pool {type(pool).__name__} (only MHATokenToKVPool)"
+    if getattr(pool, "use_hnd", False) or getattr(pool, "kv_cache_layout", "nhd") != "nhd":
+        return f"KV cache layout {getattr(pool, 'kv_cache_layout', '?')!r} (the move needs 'nhd')"
+    if getattr(pool, "is_quantized_kv_cache", False) or getattr(pool, "k_scale_buffer", None) is not None:
+        return "quantized KV cache (scale blocks move beside the rows)"
+    bufs = [*getattr(pool, "k_buffer", []), *getattr(pool, "v_buffer", [])]
+    if not bufs or not all(b.is_contiguous() for b in bufs):
+        return "KV buffers are not contiguous per-layer [slots, ...] tensors"
+    return None

@@ -50,10 +50,16 @@ def around_after_accept(original, target_worker, batch, accept_lens, accept_inde
                         *args, **kwargs)
 
 
-def around_accept_move(original, batch, *args, **kwargs):
-    if not sites.accept_move_needed(batch):
-        return None
-    return original(batch, *args, **kwargs)
+def around_accept_move(original, batch, accept_index, num_correct_drafts,
+                       token_to_kv_pool_allocator, *args, **kwargs):
+    with profiling.span("kv_move"):
+        with sync_check.watch():
+            done = sites.accept_move(batch, accept_index, num_correct_drafts,
+                                     token_to_kv_pool_allocator)
+        if done:
+            return None
+        return original(batch, accept_index, num_correct_drafts, token_to_kv_pool_allocator,
+                        *args, **kwargs)
 
 
 def around_fused_kv_gate(original, forward_batch, *args, **kwargs):

@@ -54,10 +54,12 @@ class VerifyStage:
         return self.closed and len(self.layers) == self.num_layers
 
     def commit(self, src_rows: torch.Tensor, dst_slots: torch.Tensor,
-               committed: torch.Tensor | None = None) -> None:
-        """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers."""
-        plan = self.plan if self.plan is not None else commit_plan(self.pool, self.layers, self.rows)
-        plan.launch(src_rows, dst_slots, committed)
+               committed: torch.Tensor | None = None, *, dst_window: torch.Tensor | None = None,
+               accept_lens: torch.Tensor | None = None) -> None:
+        """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers
+        (``dst_window``: ``dst_slots`` are positions in it; ``accept_lens``: counted too)."""
+        plan = self.plan if self.plan is not None else commit_plan(self.pool, self.layers)
+        plan.launch(src_rows, dst_slots, committed, dst_window=dst_window, accept_lens=accept_lens)
 
     def flush_all(self) -> None:
         """Write every staged row to its own slot: exactly what upstream would have done."""
@@ -65,9 +67,9 @@ class VerifyStage:
         self.commit(rows, self.out_cache_loc.to(torch.int64))
 
 
-def commit_plan(pool, layers: dict[int, StagedLayer], rows: int):
-    """One-launch commit plan (pointer, stride and scale tables) from staged layers of
-    ``rows`` verify rows into ``pool``. Building it is host work (~0.3 ms for 32 layers),
+def commit_plan(pool, layers: dict[int, StagedLayer]):
+    """One-launch commit plan (pointer, stride and scale tables) from staged layers
+    into ``pool``. Building it is host work (~0.3 ms for 32 layers),
     so a CUDA-graph bucket, whose staged K/V never move, builds it once."""
     from sglang_nwor_scv.kernels.commit_kv import KVCommitPlan
 
@@ -76,8 +78,8 @@ def commit_plan(pool, layers: dict[int, StagedLayer], rows: int):
     staged = [layers[i] for i in ids]
     k_dst = [pool.k_buffer[i - start] for i in ids]
     v_dst = [pool.v_buffer[i - start] for i in ids]
-    k_src = [s.k.view(rows, -1, k_dst[0].shape[-1]) for s in staged]
-    v_src = [s.v.view(rows, -1, v_dst[0].shape[-1]) for s in staged]
+    k_src = [s.k.view(s.k.shape[0], -1, k_dst[0].shape[-1]) for s in staged]
+    v_src = [s.v.view(s.v.shape[0], -1, v_dst[0].shape[-1]) for s in staged]
     k_scales, v_scales = [s.k_scale for s in staged], [s.v_scale for s in staged]
     if all(x is None for x in k_scales + v_scales):
         k_scales = v_scales = None

@@ -1,9 +1,9 @@
 """SGLang general-plugin entry point (``sglang.srt.plugins: nwor_scv``).
 
 SGLang calls ``register()`` first thing in every process (engine, scheduler, TP
-workers). It only registers hooks: idempotent, reads no feature switches (those
-are read on first use), and on an SGLang release it does not know it registers
-nothing and logs one warning.
+workers). It parses the switches once (sglang_nwor_scv.config) and registers hooks;
+idempotent. With a bad switch value, or on an SGLang release it does not know, it
+registers nothing and logs one line: upstream SGLang runs unmodified.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+    from sglang_nwor_scv.config import modes
     from sglang_nwor_scv.versions import UnsupportedVersion, adapter_for, installed_sglang_version
 
+    if modes().refusal:  # already logged once by modes()
+        return
     try:
         adapter = adapter_for(installed_sglang_version())
     except UnsupportedVersion as e:

@@ -24,34 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
-from functools import lru_cache
 
 import torch
 
+from sglang_nwor_scv.config import modes
 
-@lru_cache(maxsize=1)
+
 def enabled() -> bool:
-    return os.environ.get("SGLANG_NWOR_SCV_PROFILE", "0") not in ("", "0", "false")
-
-
-@lru_cache(maxsize=1)
-def profiler_window() -> tuple[int, int] | None:
-    raw = os.environ.get("SGLANG_NWOR_SCV_PROFILE_STEPS", "").strip()
-    if not raw:
-        return None
-    a, _, b = raw.partition(":")
-    start, stop = int(a), int(b)
-    if not 0 <= start < stop:
-        raise ValueError(f"SGLANG_NWOR_SCV_PROFILE_STEPS={raw!r}: want a:b with 0 <= a < b")
-    return start, stop
-
-
-@lru_cache(maxsize=1)
-def profiled_sizes() -> frozenset[int] | None:
-    raw = os.environ.get("SGLANG_NWOR_SCV_PROFILE_BS", "").strip()
-    return frozenset(int(x) for x in raw.split(",")) if raw else None
+    return modes().profile
 
 
 class _StepRange:
@@ -69,14 +50,15 @@ class _StepRange:
             return
         index = self.seen.get(bs, 0)
         self.seen[bs] = index + 1
-        window, sizes = profiler_window(), profiled_sizes()
+        m = modes()
+        window, sizes = m.profile_steps, m.profile_bs
         if (window and window[0] <= index < window[1] and (sizes is None or bs in sizes)
                 and torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()):
             torch.cuda.synchronize()  # earlier work stays outside the window
             torch.cuda.cudart().cudaProfilerStart()
             torch.cuda._sleep(1)  # boundary marker: "spin_kernel"
             self.cuda_profiling = True
-            log = os.environ.get("SGLANG_NWOR_SCV_PROFILE_LOG")
+            log = m.profile_log
             if log:
                 with open(log, "a") as f:
                     f.write(json.dumps({"bs": bs, "index": index, "t": round(time.time(), 3)}) + "\n")

@@ -1,20 +1,25 @@
 """SCV: upstream's greedy verification replaced by the fused acceptance kernel.
 
-``verify_greedy`` has ``verify_tree_greedy_func``'s contract: it fills upstream's
+``try_verify_greedy`` has ``verify_tree_greedy_func``'s contract: it fills upstream's
 ``predicts`` / ``accept_index`` / ``accept_token_num`` buffers in place, bit for bit
 (kernels/verify_accept.py proves it against SGLang's own kernels), and in the same
-launch computes the NWOR commit list, which it hangs on the ``accept_index`` tensor
-for the commit site of this very step. Anything the kernel does not take (other
-dtypes, devices, shapes) goes back to upstream for that step, without a sync.
+launch computes the NWOR commit list (verify rows and window positions). The list is
+handed to this very step's commit through ``take_commit_list``, matched by the
+``accept_index`` tensor it belongs to (a step that replaced ``accept_index``, e.g.
+``SGLANG_SIMULATE_ACC_LEN``, gets no list and the commit builds its own). Anything the
+kernel does not take (other dtypes, devices, shapes) goes back to upstream for that
+step, without a sync.
 
-Graph mode: one fused kernel is already one launch; a CUDA graph around a single
-launch saves nothing measurable (see docs/status.md), so ``graph`` currently runs
-the same fused launch; capturing it together with the NWOR commit is the next step.
+Host cost per step: the input checks run once per input signature (shape, dtypes,
+layout), the kernel's own outputs are allocated once per shape, and the launch is the
+only device work. ``graph`` mode currently runs the same launch (a CUDA graph around
+one kernel saves nothing; see docs/status.md).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 
@@ -22,37 +27,28 @@ from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
 
-COMMIT_ATTR = "_nwor_scv_commit"  # (commit_src, commit_window_pos) on accept_index
-_positions: dict = {}
-_buffers: dict = {}
-_counts = {"fused": 0, "fallback": 0}
 _CACHE_LIMIT = 64  # shapes (bs buckets x N x depth) kept per process
+_outputs: dict = {}  # (bs, N, depth, device) -> (VerifyAcceptOutputs, window positions)
+_checked: set = set()  # input signatures already validated
+_counts = {"fused": 0, "fallback": 0}
+_handoff = {"accept_index": None, "list": None}  # this step's commit list, for the commit
 
 
-def _cached(store: dict, key, make):
-    """Per-shape buffers, made once; the store is reset past _CACHE_LIMIT shapes."""
-    value = store.get(key)
-    if value is None:
-        if len(store) > _CACHE_LIMIT:
-            store.clear()
-        value = store[key] = make()
-    return value
-
-
-def _window_positions(n: int, device) -> torch.Tensor:
-    """arange(n) on ``device``, cached: the kernel's commit_dst becomes window positions."""
-    return _cached(_positions, (n, str(device)),
-                   lambda: torch.arange(n, dtype=torch.int64, device=device))
-
-
-def _extra_outputs(bs: int, n: int, depth: int, device):
+def _outputs_for(bs: int, n: int, depth: int, device):
     """The kernel's own outputs for this shape, allocated once and reused: the kernel
     overwrites them every launch and leaves its workspace zeroed; the commit list is
-    read by this step's commit, which the same stream orders before the next verify."""
-    from sglang_nwor_scv.kernels.verify_accept import alloc_verify_accept_outputs
+    read by this step's commit, which the same stream orders before the next verify.
+    ``positions`` (arange) makes the kernel's commit_dst window positions."""
+    key = (bs, n, depth, device)
+    hit = _outputs.get(key)
+    if hit is None:
+        from sglang_nwor_scv.kernels.verify_accept import alloc_verify_accept_outputs
 
-    return _cached(_buffers, (bs, n, depth, str(device)),
-                   lambda: alloc_verify_accept_outputs(bs, n, depth, device))
+        if len(_outputs) > _CACHE_LIMIT:
+            _outputs.clear()
+        hit = _outputs[key] = (alloc_verify_accept_outputs(bs, n, depth, device),
+                               torch.arange(bs * n, dtype=torch.int64, device=device))
+    return hit
 
 
 def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
@@ -65,41 +61,49 @@ def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
     """
     if not modes().scv_on:
         return None
-    from sglang_nwor_scv.kernels.verify_accept import VerifyAcceptOutputs, verify_accept_greedy
+    from sglang_nwor_scv.kernels import verify_accept as va
 
     try:
         bs, n = candidates.shape
         depth = accept_index.shape[1]
-        extra = _extra_outputs(bs, n, depth, candidates.device)
-        out = VerifyAcceptOutputs(
+        signature = (bs, n, depth, candidates.device, candidates.dtype, retrieve_index.dtype,
+                     retrieve_next_token.dtype, retrieve_next_sibling.dtype, target_predict.dtype,
+                     predicts.dtype, accept_index.dtype, accept_token_num.dtype,
+                     candidates.is_contiguous(), retrieve_index.is_contiguous(),
+                     retrieve_next_token.is_contiguous(), retrieve_next_sibling.is_contiguous(),
+                     target_predict.is_contiguous(), predicts.is_contiguous(),
+                     accept_index.is_contiguous(), accept_token_num.is_contiguous())
+        extra, positions = _outputs_for(bs, n, depth, candidates.device)
+        out = va.VerifyAcceptOutputs(
             predict=predicts, accept_index=accept_index, num_correct_drafts=accept_token_num,
             accept_lens=extra.accept_lens, bonus_tokens=extra.bonus_tokens,
             commit_src=extra.commit_src, commit_dst=extra.commit_dst,
             num_committed=extra.num_committed, workspace=extra.workspace)
-        verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
-                             retrieve_next_sibling, target_predict,
-                             _window_positions(bs * n, candidates.device), depth, out=out)
+        if signature not in _checked:  # once per signature: the checks cost host time
+            va.check_verify_accept_args(candidates, retrieve_index, retrieve_next_token,
+                                        retrieve_next_sibling, target_predict, positions, depth, out)
+            _checked.add(signature)
     except ValueError as e:  # shapes/dtypes the kernel does not take: upstream this step
         _counts["fallback"] += 1
         if _counts["fallback"] == 1:
             logger.warning("SCV: falling back to upstream verify (%s)", e)
         return None
-    setattr(accept_index, COMMIT_ATTR, (out.commit_src, out.commit_dst))
+    va.launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
+                                   retrieve_next_sibling, target_predict, positions, depth, out)
+    _handoff["accept_index"] = weakref.ref(accept_index)
+    _handoff["list"] = (out.commit_src, out.commit_dst)
     _counts["fused"] += 1
     return predicts, accept_index, accept_token_num
 
 
-def commit_list_from_scv(accept_index, out_cache_loc):
-    """The commit list the fused kernel made for this ``accept_index``, with window
-    positions mapped to KV slots; None when this step did not run the kernel."""
-    made = getattr(accept_index, COMMIT_ATTR, None)
-    if made is None:
+def take_commit_list(accept_index):
+    """``(verify rows, window positions)`` the fused kernel made for this
+    ``accept_index``; None when this step did not run the kernel."""
+    ref, made = _handoff["accept_index"], _handoff["list"]
+    _handoff["accept_index"] = _handoff["list"] = None
+    if ref is None or ref() is not accept_index:
         return None
-    delattr(accept_index, COMMIT_ATTR)
-    from sglang_nwor_scv.kernels.commit_list import slots_from_positions
-
-    src, pos = made
-    return src, slots_from_positions(pos, out_cache_loc)
+    return made
 
 
 def take_counts() -> dict:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
-from functools import lru_cache
 
 import torch
+
+from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -24,9 +24,8 @@ _MARK = "synchronizing CUDA operation"
 _state = {"count": 0, "logged": 0, "depth": 0}
 
 
-@lru_cache(maxsize=1)
 def enabled() -> bool:
-    return os.environ.get("SGLANG_NWOR_SCV_SYNC_CHECK", "0") not in ("", "0", "false")
+    return modes().sync_check
 
 
 def _set_mode(mode) -> object:

@@ -9,7 +9,6 @@ adapter to try (for development builds).
 from __future__ import annotations
 
 import importlib
-import os
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
@@ -29,7 +28,9 @@ def installed_sglang_version() -> str | None:
 
 def adapter_for(ver: str | None) -> ModuleType:
     """The adapter module for ``ver``; raises UnsupportedVersion with the reason."""
-    forced = os.environ.get("SGLANG_NWOR_SCV_FORCE_VERSION")
+    from sglang_nwor_scv.config import modes
+
+    forced = modes().force_version
     key = forced or ver
     if key not in SUPPORTED:
         raise UnsupportedVersion(

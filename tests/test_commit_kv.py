@@ -366,6 +366,31 @@ def test_plan_is_reused_without_rebuilding():
     assert int(committed) == 5
 
 
+@pytest.mark.parametrize("loc_dtype", [torch.int64, torch.int32])
+def test_window_positions_and_accepted_count_in_the_same_launch(loc_dtype):
+    """SCV hands the commit window positions, not slots; the commit maps them through
+    the window and counts committed entries and accepted rows in one launch."""
+    gen = torch.Generator().manual_seed(11)
+    ks, vs = make_sources(3, 8, 2, 8, 8, torch.bfloat16, "fused", gen)
+    kd = poisoned(40, 2, 8, torch.bfloat16, 3, gen)
+    vd = poisoned(40, 2, 8, torch.bfloat16, 3, gen)
+    kd_ref, vd_ref = [t.clone() for t in kd], [t.clone() for t in vd]
+    window = torch.tensor([31, 7, 22, 15, 3, 38, 9, 26], dtype=loc_dtype)
+    src = torch.tensor([0, 2, -1, 4, 5, 6, -1, -1], dtype=torch.int64)
+    pos = torch.tensor([0, 1, -1, 4, 5, 6, 2, -1], dtype=torch.int64)
+    accept_lens = torch.tensor([2, 3], dtype=torch.int32)
+    counter = torch.tensor([10, 20], dtype=torch.int64)
+    counter_ref = counter.clone()
+    KVCommitPlan(ks, vs, kd, vd).launch(src, pos, counter, dst_window=window, accept_lens=accept_lens)
+    commit_accepted_kv_ref(ks, vs, kd_ref, vd_ref, src, pos, committed=counter_ref,
+                           dst_window=window, accept_lens=accept_lens)
+    for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
+        assert torch.equal(as_bytes(a), as_bytes(b))
+    assert counter.tolist() == counter_ref.tolist() == [15, 25]
+    # and the slots are the window's: entry (row 2, pos 1) landed in slot 7
+    assert torch.equal(as_bytes(kd[0][7]), as_bytes(ks[0][2]))
+
+
 @pytest.mark.parametrize("src_dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_host_scalar_on_cuda_rule_multiplies_by_fp32_reciprocal(monkeypatch, src_dtype):
     """On CUDA torch applies a host-scalar divisor as x * fp32(1/s); run that mode here."""

@@ -52,10 +52,10 @@ assert all(m.__file__.startswith(sys.argv[1]) for m in loaded), [m.__file__ for 
 assert all(m._nwor_sites is None for m in loaded), "patched modules need the package"
 del sys.modules["sglang_nwor_scv"]
 loaded = [importlib.reload(m) for m in loaded]
-from sglang_nwor_scv import hooks, sites
+from sglang_nwor_scv import hooks, sites, state
 assert all(m._nwor_sites is sites for m in loaded)
-assert sites._wired == set(hooks.HOOKS) - hooks.PLUGIN_ONLY, sites._wired
-assert not sites.missing_sites()
+assert state._wired == set(hooks.HOOKS) - hooks.PLUGIN_ONLY, state._wired
+assert not state.missing_sites()
 print("ok")
 """
 

@@ -12,8 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_nwor_scv import sites
+from sglang_nwor_scv import sites, state
 from sglang_nwor_scv.config import modes
+from sglang_nwor_scv.graph_stage import BucketStage
+from sglang_nwor_scv.kernels.move_kv import move_accepted_kv_ref
+from sglang_nwor_scv.nwor import commit_plan
 
 LAYERS, HEADS, DIM, N = 2, 2, 8, 4
 
@@ -24,8 +27,8 @@ def _env(monkeypatch):
     monkeypatch.setenv("SGLANG_NWOR_SCV_DEBUG", "0")
     monkeypatch.delenv("SGLANG_NWOR_SCV_STEP_LOG", raising=False)
     modes.cache_clear()
-    monkeypatch.setattr(sites, "nwor_refusal", lambda runner: None)
-    monkeypatch.setattr(sites, "missing_sites", lambda: set())
+    monkeypatch.setattr(state, "nwor_refusal", lambda runner: None)
+    monkeypatch.setattr(state, "missing_sites", lambda: set())
     yield
     modes.cache_clear()
 
@@ -61,6 +64,10 @@ def _stage_all_layers(runner, fb, seed):
     return kv
 
 
+def _allocator(runner):
+    return SimpleNamespace(get_kvcache=lambda: runner.token_to_kv_pool)
+
+
 def _accept(bs, lens, depth=N):
     lens_t = torch.tensor(lens, dtype=torch.int32)
     idx = torch.full((bs, depth), -1, dtype=torch.int32)
@@ -85,8 +92,28 @@ def test_commit_writes_only_accepted_rows():
         untouched = [i for i in range(pool.k_buffer[layer_id].shape[0]) if i not in (10, 11, 20)]
         assert (pool.k_buffer[layer_id][untouched] == -7.0).all()
         assert (pool.v_buffer[layer_id][untouched] == -7.0).all()
-    assert not sites.accept_move_needed(fb)  # NWOR placed the accepted path
-    assert sites.accept_move_needed(fb)  # ... once: the flag is consumed
+
+
+def test_committed_tree_path_is_not_moved_again():
+    """A tree step: the accepted path (rows 0, 2, 3) is committed to the window front
+    (slots 10, 11, 12). The move site then must not copy anything: the path's source
+    rows were never written, so a move would copy poison over committed rows."""
+    runner = _runner()
+    fb = _verify_batch([10, 11, 12, 13])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=9)
+    sites.end_verify_forward(runner, fb, ok=True)
+    lens = torch.tensor([3], dtype=torch.int32)
+    idx = torch.tensor([[0, 2, 3, -1]], dtype=torch.int32)
+    sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)
+    pool = runner.token_to_kv_pool
+    before = [b.clone() for b in [*pool.k_buffer, *pool.v_buffer]]
+    assert sites.accept_move(fb, idx, lens - 1, _allocator(runner))
+    assert all(torch.equal(a, b) for a, b in zip(before, [*pool.k_buffer, *pool.v_buffer]))
+    for layer_id, (k, v) in enumerate(kv):
+        assert torch.equal(pool.k_buffer[layer_id][10:13], k[[0, 2, 3]])
+        assert torch.equal(pool.v_buffer[layer_id][10:13], v[[0, 2, 3]])
+        assert (pool.k_buffer[layer_id][13] == -7.0).all()  # rejected: never written
 
 
 def test_exception_between_staging_and_commit_leaves_no_stale_stage():
@@ -155,8 +182,13 @@ def test_mismatched_batch_is_written_whole():
     other = _verify_batch([0, 1, 2, 3])  # a different window tensor
     lens, idx = _accept(1, [1])
     sites.commit_after_accept(worker, other, lens, idx, N)
-    assert torch.equal(runner.token_to_kv_pool.k_buffer[0][0:4], kv[0][0])
-    assert sites.accept_move_needed(other)  # upstream's move still runs
+    pool = runner.token_to_kv_pool
+    assert torch.equal(pool.k_buffer[0][0:4], kv[0][0])
+    # Not NWOR's window: the move runs (the one-launch move, same bytes as upstream's).
+    want = [b.clone() for b in [*pool.k_buffer, *pool.v_buffer]]
+    move_accepted_kv_ref(want, idx, lens - 1, other.out_cache_loc)
+    assert sites.accept_move(other, idx, lens - 1, _allocator(runner))
+    assert all(torch.equal(a, b) for a, b in zip(want, [*pool.k_buffer, *pool.v_buffer]))
 
 
 def test_nwor_off_stages_nothing(monkeypatch):
@@ -167,13 +199,6 @@ def test_nwor_off_stages_nothing(monkeypatch):
     sites.begin_verify_forward(runner, fb)
     k = torch.randn(4, HEADS, DIM)
     assert not sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=0), k, k)
-
-
-def test_bad_mode_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("SGLANG_SCV_MODE", "fast")
-    modes.cache_clear()
-    with pytest.raises(ValueError, match="SGLANG_SCV_MODE='fast' is not one of"):
-        modes()
 
 
 def test_graph_bucket_commit_plan_is_built_once_and_follows_replays():
@@ -187,7 +212,8 @@ def test_graph_bucket_commit_plan_is_built_once_and_follows_replays():
                                      torch.randn(rows_full, HEADS, DIM, generator=g))
                 for i in range(LAYERS)}
     st = sites.runner_state(runner)
-    st.graph_stages[bucket] = captured
+    st.graph.buckets[bucket] = BucketStage(captured, commit_plan(runner.token_to_kv_pool, captured),
+                                           rows_full, 0)
     runner.decode_cuda_graph_runner = SimpleNamespace(bs=bucket)
     pool = runner.token_to_kv_pool
     plans = []
@@ -206,4 +232,4 @@ def test_graph_bucket_commit_plan_is_built_once_and_follows_replays():
                                s.k[[0, 1, 2, 4, 5]]), step
             assert torch.equal(pool.v_buffer[layer_id][[slots[3], slots[6]]][:, :1, :1],
                                torch.full((2, 1, 1), -7.0)), step  # rejected: never written
-    assert plans[0] is not None and plans[0] is plans[1] is st.graph_plans[bucket]
+    assert plans[0] is not None and plans[0] is plans[1] is st.graph.buckets[bucket].plan

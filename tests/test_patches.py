@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_nwor_scv import hooks, sites, versions
+from sglang_nwor_scv import hooks, state, versions
 
 REPO = Path(__file__).resolve().parents[1]
 APPLY = REPO / "tools" / "apply.sh"
@@ -149,7 +149,7 @@ def test_patches_wire_every_hook_site_and_only_call_sites(version):
         assert not any(re.match(r"\s*import torch|\s*from sglang_nwor_scv\.(?!.*sites)", ln)
                        for ln in added), name
     assert declared == set(hooks.HOOKS) - hooks.PLUGIN_ONLY, declared
-    assert sites.REQUIRED_SITES <= declared
+    assert state.REQUIRED_SITES <= declared
 
 
 # ------------------------------------------------------------------ apply.sh on a clean tree

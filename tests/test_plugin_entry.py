@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from sglang_nwor_scv import plugin, versions
+from sglang_nwor_scv import config, plugin, versions
 
 
 def test_entry_point_is_discoverable():
@@ -36,6 +36,7 @@ def clean_registry(monkeypatch):
 @pytest.mark.parametrize("ver", ["0.5.16", "0.5.24", "0.4.0", None])
 def test_unknown_version_is_refused_and_changes_nothing(ver, monkeypatch, caplog, clean_registry):
     monkeypatch.delenv("SGLANG_NWOR_SCV_FORCE_VERSION", raising=False)
+    config.reload()
     monkeypatch.setattr(versions, "installed_sglang_version", lambda: ver)
     with caplog.at_level(logging.WARNING, logger="sglang_nwor_scv"):
         plugin.register()
@@ -57,7 +58,11 @@ def test_supported_version_registers_each_adapter_target_once(monkeypatch, clean
 
 def test_force_version_selects_adapter(monkeypatch):
     monkeypatch.setenv("SGLANG_NWOR_SCV_FORCE_VERSION", "0.5.17")
+    config.reload()
     assert versions.adapter_for("0.6.0").VERSION == "0.5.17"
     monkeypatch.setenv("SGLANG_NWOR_SCV_FORCE_VERSION", "9.9")
+    config.reload()
     with pytest.raises(versions.UnsupportedVersion):
         versions.adapter_for("0.5.23")
+    monkeypatch.delenv("SGLANG_NWOR_SCV_FORCE_VERSION")
+    config.reload()

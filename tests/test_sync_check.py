@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from sglang_nwor_scv import sync_check
+from sglang_nwor_scv import config, sync_check
 
 SYNC = "called a synchronizing CUDA operation"
 
@@ -19,10 +19,10 @@ SYNC = "called a synchronizing CUDA operation"
 @pytest.fixture(autouse=True)
 def _on(monkeypatch):
     monkeypatch.setenv("SGLANG_NWOR_SCV_SYNC_CHECK", "1")
-    sync_check.enabled.cache_clear()
+    config.modes.cache_clear()
     sync_check.take()
     yield
-    sync_check.enabled.cache_clear()
+    config.modes.cache_clear()
 
 
 def test_syncs_inside_watch_are_counted_once_and_others_pass_through():
@@ -45,7 +45,7 @@ def test_allowed_syncs_are_not_counted():
 
 def test_off_by_default(monkeypatch):
     monkeypatch.delenv("SGLANG_NWOR_SCV_SYNC_CHECK")
-    sync_check.enabled.cache_clear()
+    config.modes.cache_clear()
     with pytest.warns(UserWarning, match="synchronizing"):
         with sync_check.watch():
             warnings.warn(SYNC, stacklevel=1)

@@ -1,0 +1,129 @@
+"""The NWOR commit: after acceptance, write the staged accepted rows to their final slots.
+
+Runs right after acceptance (``commit_mamba_states_after_verify``, called by the EAGLE
+family and NGRAM). One kernel launch writes every layer's accepted rows and, in the
+same launch, adds the committed entries and the accepted rows to the runner's device
+counters; the host reads them once per log interval (or every step in debug /
+step-log mode, which sync on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from sglang_nwor_scv import debug_checks, scv, sync_check
+from sglang_nwor_scv.config import modes
+from sglang_nwor_scv.state import RunnerState, existing_state
+
+logger = logging.getLogger("sglang_nwor_scv")
+
+
+def commit_after_accept(target_worker, batch, accept_lens, accept_index,
+                        draft_token_num: int) -> None:
+    """Commit the accepted rows of the open stage straight to their final slots."""
+    st = existing_state(getattr(target_worker, "model_runner", None))
+    if st is None or st.stage is None:
+        return
+    stage, st.stage = st.stage, None  # one-shot
+    bs = accept_lens.shape[0]
+    if (not stage.complete or not _same_window(batch.out_cache_loc, stage.out_cache_loc)
+            or bs * draft_token_num != stage.rows or accept_index.shape[0] != bs):
+        logger.warning("NWOR: stage does not match the accepted batch; writing it whole")
+        stage.flush_all()
+        st.metrics.add(flushed=1)
+        return
+    made = scv.take_commit_list(accept_index)
+    if made is not None:  # SCV's kernel made the list: rows and window positions
+        src, dst = made
+        window = stage.out_cache_loc
+    else:
+        from sglang_nwor_scv.kernels.commit_list import commit_list_from_acceptance
+
+        src, dst = commit_list_from_acceptance(accept_index, accept_lens, stage.out_cache_loc,
+                                               draft_token_num)
+        window = None
+    m = modes()
+    if st.pending is None:
+        st.pending = torch.zeros(2, dtype=torch.int64, device=src.device)
+    counter = torch.zeros(2, dtype=torch.int64, device=src.device) if m.per_step else st.pending
+    stage.commit(src, dst, committed=counter, dst_window=window, accept_lens=accept_lens)
+    st.committed_window = stage.out_cache_loc  # the move site skips exactly this window
+    st.steps += 1
+    st.pending_staged += stage.rows
+    if not st.row_bytes:  # the pool's row size never changes: once per runner
+        st.row_bytes = _row_bytes(stage)
+    if m.per_step:
+        st.pending += counter
+        with sync_check.allowed():  # these modes sync on purpose
+            slots = dst if window is None else _slots(dst, window)
+            _step_record(st, stage, counter, accept_lens, src, slots, made is not None, m)
+    st.debug_snapshot = None
+    if st.steps % m.log_interval == 0:
+        flush_metrics(st, log=True)
+
+
+def _same_window(a, b) -> bool:
+    """The batch's window is the staged one (the same tensor, or a view of the same slots)."""
+    return a is b or (a.shape == b.shape and a.data_ptr() == b.data_ptr())
+
+
+def _slots(pos, window):
+    """Window positions -> KV slots (-1 stays -1); debug and step-log mode only."""
+    return torch.where(pos >= 0, window.to(torch.int64)[pos.clamp(min=0)], -1)
+
+
+def _step_record(st: RunnerState, stage, counter, accept_lens, src, dst, scv_list: bool, m) -> None:
+    """Debug / step-log mode: check this step now and write its record."""
+    committed, accepted = (int(x) for x in counter.tolist())
+    record = {"step": st.steps, "rank": st.tp_rank, "bs": int(accept_lens.shape[0]),
+              "staged": stage.rows, "scv": scv_list, "graph": stage.plan is not None,
+              "verify_rows": int(stage.out_cache_loc.numel()),
+              "layers": len(stage.layers), "committed": committed, "accepted": accepted}
+    ok = committed == accepted and record["layers"] == stage.num_layers
+    if m.debug and st.debug_snapshot is not None:
+        record.update(debug_checks.check_pool(stage, st.debug_snapshot, src, dst))
+        ok = ok and record["poison_ok"] and record["outside_ok"] and record["commit_ok"]
+    record["ok"] = bool(ok)
+    if not ok:
+        st.metrics.add(violations=1)
+        logger.error("NWOR invariant violated: %s", record)
+    if m.step_log:
+        with open(m.step_log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    flush_metrics(st, log=False)
+
+
+def flush_metrics(st: RunnerState, log: bool) -> None:
+    """Move device-side totals into the metrics (one small device-to-host copy)."""
+    counts = scv.take_counts()
+    st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
+                   host_syncs=sync_check.take())
+    if st.pending is not None and st.pending_staged:
+        with sync_check.allowed():  # one small copy per log interval, on purpose
+            committed, accepted = (int(x) for x in st.pending.tolist())
+        st.pending.zero_()
+        staged, st.pending_staged = st.pending_staged, 0
+        st.metrics.add(staged=staged, committed=committed, accepted=accepted,
+                       bytes_saved=(staged - committed) * st.row_bytes)
+        if committed != accepted and not modes().per_step:  # per-step mode counted it already
+            st.metrics.add(violations=1)
+            logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
+    if log:
+        logger.info(st.metrics.summary())
+    totals = modes().totals_path
+    if totals:  # measurement runs: cumulative counters of this process
+        with open(totals, "w") as f:
+            json.dump(dict(st.metrics.totals, steps=st.steps), f)
+
+
+def _row_bytes(stage) -> int:
+    pool = stage.pool
+    start = getattr(pool, "start_layer", 0) or 0
+    total = 0
+    for i in stage.layers:
+        for buf in (pool.k_buffer[i - start], pool.v_buffer[i - start]):
+            total += buf[0].numel() * buf.element_size()
+    return total

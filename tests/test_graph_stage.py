@@ -1,0 +1,157 @@
+"""Graph staging's bookkeeping on the CPU: the budget decision, release to borrowed views,
+and a replayed bucket's commit (sglang_nwor_scv.graph_stage).
+
+The capture itself needs CUDA: here ``torch.cuda.is_current_stream_capturing`` is
+replaced by a stand-in that says "capturing" for the calls a real capture would make
+(the warm-up forwards before it say "not capturing"). Everything else is real: the
+KV pool, the commit kernel, the sites. tests/gpu/test_engine_gpu.py runs the same
+path under real CUDA-graph capture with SGLang's decode graph runner.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_nwor_scv import config, graph_stage, sites, state
+
+LAYERS, HEADS, DIM, N = 2, 2, 8, 4
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    for name in ("SGLANG_NWOR_GRAPH", "SGLANG_NWOR_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    # the toy pool's automatic budget (1% of 65 KB) is below one toy bucket
+    monkeypatch.setenv("SGLANG_NWOR_GRAPH_MAX_MB", "1")
+    config.modes.cache_clear()
+    monkeypatch.setattr(state, "nwor_refusal", lambda runner: None)
+    monkeypatch.setattr(state, "missing_sites", lambda: set())
+    yield
+    config.modes.cache_clear()
+
+
+def _runner():
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    pool = MHATokenToKVPool(size=256, page_size=1, dtype=torch.float32, head_num=HEADS,
+                            head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False)
+    for buf in [*pool.k_buffer, *pool.v_buffer]:
+        buf.fill_(-7.0)
+    return SimpleNamespace(attn_backend=SimpleNamespace(token_to_kv_pool=pool), token_to_kv_pool=pool)
+
+
+def _graph_runner(runner):
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    return SimpleNamespace(capture_forward_mode=ForwardMode.TARGET_VERIFY, model_runner=runner)
+
+
+def _batch(n_tokens):
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    return SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY,
+                           out_cache_loc=torch.arange(n_tokens, dtype=torch.int64))
+
+
+def _capture_bucket(monkeypatch, runner, bucket, qkv_by_layer):
+    """What SGLang's capture_one_shape does to the KV write site: two warm-up forwards
+    (not capturing), then the captured forward. k and v are views of one qkv tensor."""
+    graph_runner = _graph_runner(runner)
+    token = sites.begin_graph_capture(graph_runner, bucket)
+    fb = _batch(bucket * N)
+    handled = []
+    for capturing in (False, False, True):
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda c=capturing: c)
+        for layer_id, qkv in qkv_by_layer.items():
+            k, v = qkv[:, 1], qkv[:, 2]
+            handled.append(sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=layer_id), k, v))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    sites.end_graph_capture(graph_runner, bucket, token, ok=True)
+    return handled
+
+
+def _qkv(tokens, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {i: torch.randn(tokens, 3, HEADS, DIM, generator=g) for i in range(LAYERS)}
+
+
+def test_bucket_within_budget_is_staged_and_released_to_borrowed_views(monkeypatch):
+    runner = _runner()
+    qkv = _qkv(4 * N, seed=0)
+    handled = _capture_bucket(monkeypatch, runner, 4, qkv)
+    # warm-ups write as upstream; the captured forward is staged, every layer
+    assert handled == [False] * (2 * LAYERS) + [True] * LAYERS
+    st = state.runner_state(runner)
+    bucket = st.graph.buckets[4]
+    assert bucket.held_bytes == sum(t.numel() * t.element_size() for t in qkv.values())
+    for i, s in bucket.layers.items():  # borrowed: same memory, no ownership
+        assert s.k.data_ptr() == qkv[i][:, 1].data_ptr() and s.k.stride() == qkv[i][:, 1].stride()
+        assert torch.equal(s.v, qkv[i][:, 2])
+    # The plugin keeps nothing alive: once the "graph pool" lets go, the memory is free.
+    alive = [weakref.ref(t) for t in qkv.values()]
+    # (the borrowed views must be used only while the memory holds the bucket's rows;
+    # here we drop them before the owners go away)
+    st.graph.buckets.clear()
+    del bucket, qkv
+    gc.collect()
+    assert all(r() is None for r in alive)
+
+
+def test_automatic_budget_is_one_percent_of_the_pool_at_most_one_gib(monkeypatch):
+    monkeypatch.setenv("SGLANG_NWOR_GRAPH_MAX_MB", "auto")
+    config.modes.cache_clear()
+    pool = _runner().token_to_kv_pool
+    pool_bytes = sum(b.numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
+    assert graph_stage.budget_bytes(pool) == int(pool_bytes * 0.01)
+    big = SimpleNamespace(k_buffer=[torch.empty(0)], v_buffer=[])
+    monkeypatch.setattr(torch.Tensor, "numel", lambda self: 1 << 40)
+    assert graph_stage.budget_bytes(big) == 1 << 30
+
+
+def test_bucket_over_budget_keeps_upstream_writes(monkeypatch):
+    monkeypatch.setenv("SGLANG_NWOR_GRAPH_MAX_MB", "0")
+    config.modes.cache_clear()
+    runner = _runner()
+    handled = _capture_bucket(monkeypatch, runner, 8, _qkv(8 * N, seed=1))
+    assert not any(handled)
+    st = state.runner_state(runner)
+    assert 8 not in st.graph.buckets and st.graph.skipped[8] > 0
+    assert "keep upstream KV writes" in graph_stage.summary(st.graph)
+
+
+def test_graph_staging_off_switch(monkeypatch):
+    monkeypatch.setenv("SGLANG_NWOR_GRAPH", "off")
+    config.modes.cache_clear()
+    runner = _runner()
+    assert not any(_capture_bucket(monkeypatch, runner, 4, _qkv(4 * N, seed=2)))
+    assert not state.runner_state(runner).graph.buckets
+
+
+def test_replayed_bucket_commits_this_replays_rows(monkeypatch):
+    """After a replay (the graph refilled the bucket's K/V), a smaller batch in the
+    bucket commits its accepted rows from the bucket's memory with the bucket's plan."""
+    runner = _runner()
+    qkv = _qkv(4 * N, seed=3)
+    _capture_bucket(monkeypatch, runner, 4, qkv)
+    runner.decode_cuda_graph_runner = SimpleNamespace(bs=4)
+    for t in qkv.values():  # the replay writes new values into the same memory
+        t.normal_()
+    fb = SimpleNamespace(forward_mode=_batch(1).forward_mode,
+                         out_cache_loc=torch.tensor([100, 101, 102, 103, 110, 111, 112, 113]))
+    sites.begin_verify_forward(runner, fb)
+    sites.end_verify_forward(runner, fb, ok=True, graph_replayed=True)
+    st = state.runner_state(runner)
+    assert st.stage.plan is st.graph.buckets[4].plan
+    lens = torch.tensor([2, 3], dtype=torch.int32)
+    idx = torch.tensor([[0, 2, -1, -1], [4, 5, 7, -1]], dtype=torch.int32)
+    sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)
+    pool = runner.token_to_kv_pool
+    for i, t in qkv.items():
+        assert torch.equal(pool.k_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 1])
+        assert torch.equal(pool.v_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 2])
+        assert (pool.k_buffer[i][[102, 103, 113]] == -7.0).all()  # rejected: never written
