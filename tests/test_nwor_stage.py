@@ -109,7 +109,7 @@ def test_committed_tree_path_is_not_moved_again():
     pool = runner.token_to_kv_pool
     before = [b.clone() for b in [*pool.k_buffer, *pool.v_buffer]]
     assert sites.accept_move(fb, idx, lens - 1, _allocator(runner))
-    assert all(torch.equal(a, b) for a, b in zip(before, [*pool.k_buffer, *pool.v_buffer]))
+    assert all(torch.equal(a, b) for a, b in zip(before, [*pool.k_buffer, *pool.v_buffer], strict=True))
     for layer_id, (k, v) in enumerate(kv):
         assert torch.equal(pool.k_buffer[layer_id][10:13], k[[0, 2, 3]])
         assert torch.equal(pool.v_buffer[layer_id][10:13], v[[0, 2, 3]])
@@ -188,7 +188,7 @@ def test_mismatched_batch_is_written_whole():
     want = [b.clone() for b in [*pool.k_buffer, *pool.v_buffer]]
     move_accepted_kv_ref(want, idx, lens - 1, other.out_cache_loc)
     assert sites.accept_move(other, idx, lens - 1, _allocator(runner))
-    assert all(torch.equal(a, b) for a, b in zip(want, [*pool.k_buffer, *pool.v_buffer]))
+    assert all(torch.equal(a, b) for a, b in zip(want, [*pool.k_buffer, *pool.v_buffer], strict=True))
 
 
 def test_nwor_off_stages_nothing(monkeypatch):
