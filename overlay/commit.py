@@ -61,8 +61,6 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
             slots = dst if window is None else _slots(dst, window)
             _step_record(st, stage, counter, accept_lens, src, slots, made is not None, m)
     st.debug_snapshot = None
-    if st.steps % m.log_interval == 0:
-        flush_metrics(st, log=True)
 
 
 def _same_window(a, b) -> bool:
@@ -111,12 +109,12 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
         if committed != accepted and not modes().per_step:  # per-step mode counted it already
             st.metrics.add(violations=1)
             logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
-    if log:
+    if log and (st.steps or st.metrics.totals["moves_fused"] or st.metrics.totals["moves_upstream"]):
         logger.info(st.metrics.summary())
     totals = modes().totals_path
     if totals:  # measurement runs: cumulative counters of this process
         with open(totals, "w") as f:
-            json.dump(dict(st.metrics.totals, steps=st.steps), f)
+            json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps), f)
 
 
 def _row_bytes(stage) -> int:

@@ -21,8 +21,10 @@ _NAMES = {
     "bytes_saved": ("sglang:nwor_kv_bytes_not_written", "KV bytes of rejected rows never written"),
     "flushed": ("sglang:nwor_stages_flushed", "Stages written whole (upstream behaviour) as a fallback"),
     "violations": ("sglang:nwor_invariant_violations", "Failed invariant checks (committed != accepted)"),
+    "moves_fused": ("sglang:nwor_kv_moves_fused", "Post-verify KV moves done in one launch "
+                    "(upstream's move not run)"),
+    "moves_upstream": ("sglang:nwor_kv_moves_upstream", "Post-verify KV moves left to upstream"),
     "scv_kernel": ("sglang:scv_fused_verify_steps", "Verify steps accepted by the fused SCV kernel"),
-    "scv_graph": ("sglang:scv_graph_replays", "SCV verify steps replayed from a CUDA graph"),
     "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),
     "host_syncs": ("sglang:nwor_scv_host_syncs", "Host syncs inside the plugin's sites (sync check on)"),
 }
@@ -60,5 +62,6 @@ class Metrics:
         pct = 100.0 * (t["staged"] - t["committed"]) / t["staged"] if t["staged"] else 0.0
         return (f"NWOR: staged {t['staged']}, committed {t['committed']}, rejected writes "
                 f"avoided {pct:.1f}%, KV bytes not written {t['bytes_saved']}, "
-                f"flushed {t['flushed']}, violations {t['violations']}; SCV: fused "
-                f"{t['scv_kernel']}, graph {t['scv_graph']}, fallbacks {t['scv_fallback']}")
+                f"flushed {t['flushed']}, violations {t['violations']}; KV moves: one-launch "
+                f"{t['moves_fused']}, upstream {t['moves_upstream']}; SCV: fused "
+                f"{t['scv_kernel']}, fallbacks {t['scv_fallback']}")

@@ -27,7 +27,6 @@ from sglang_nwor_scv.state import state_for_pool
 logger = logging.getLogger("sglang_nwor_scv")
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> KVMovePlan | reason
-_counts = {"fused": 0, "upstream": 0}
 
 
 def accept_move(batch, accept_index, num_correct_drafts, token_to_kv_pool_allocator) -> bool:
@@ -39,21 +38,21 @@ def accept_move(batch, accept_index, num_correct_drafts, token_to_kv_pool_alloca
         committed, st.committed_window = st.committed_window, None
         if committed is batch.out_cache_loc:  # identity: a later step never matches
             return True
-    if not modes().move:
-        _counts["upstream"] += 1
-        return False
+    done = modes().move and _fused_move(pool, accept_index, num_correct_drafts, batch.out_cache_loc)
+    if st is not None:
+        st.metrics.add(**{"moves_fused" if done else "moves_upstream": 1})
+    return done
+
+
+def _fused_move(pool, accept_index, num_correct_drafts, out_cache_loc) -> bool:
     plan = _plan_for(pool)
     if plan is None:
-        _counts["upstream"] += 1
         return False
     try:
-        plan.launch(accept_index, num_correct_drafts, batch.out_cache_loc)
+        plan.launch(accept_index, num_correct_drafts, out_cache_loc)
     except ValueError as e:  # a shape the move does not take: upstream this step
-        _counts["upstream"] += 1
-        if _counts["upstream"] == 1:
-            logger.warning("NWOR move: upstream's KV move runs for this step (%s)", e)
+        logger.warning("NWOR move: upstream's KV move runs for this step (%s)", e)
         return False
-    _counts["fused"] += 1
     return True
 
 
@@ -71,10 +70,3 @@ def _plan_for(pool):
             logger.info("NWOR move: post-verify KV moves run as one launch over %d buffers",
                         entry.num_buffers)
     return None if isinstance(entry, str) else entry
-
-
-def take_counts() -> dict:
-    """Moves done by the fused kernel / left to upstream since the last call."""
-    out = dict(_counts)
-    _counts["fused"] = _counts["upstream"] = 0
-    return out

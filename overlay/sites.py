@@ -18,6 +18,7 @@ import logging
 
 from sglang_nwor_scv import debug_checks, graph_stage, sync_check
 from sglang_nwor_scv.commit import commit_after_accept  # noqa: F401  (call site "after_accept")
+from sglang_nwor_scv.commit import flush_metrics
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.move import accept_move  # noqa: F401  (call site "accept_move")
 from sglang_nwor_scv.nwor import StagedLayer, VerifyStage  # noqa: F401  (tests build stages)
@@ -64,7 +65,12 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
     if not forward_batch.forward_mode.is_target_verify():
         return
     st = existing_state(model_runner)
-    stage = st.stage if st is not None else None
+    if st is None:
+        return
+    st.verify_steps += 1
+    if st.verify_steps % modes().log_interval == 0:  # counters reach the host, one copy
+        flush_metrics(st, log=True)
+    stage = st.stage
     if stage is None:
         return
     stage.closed = ok

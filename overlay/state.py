@@ -38,7 +38,8 @@ class RunnerState:
         self.committed_window = None  # out_cache_loc of the window NWOR committed this step
         self.graph = GraphStaging()
         self.metrics = Metrics()
-        self.steps = 0
+        self.steps = 0  # committed verify steps
+        self.verify_steps = 0  # every verify forward of this runner (flush cadence)
         self.pending = None  # device int64 [committed, accepted] since the last flush
         self.pending_staged = 0
         self.row_bytes = 0

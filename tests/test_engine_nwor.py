@@ -73,15 +73,40 @@ def test_each_feature_alone(nwor, scv, tiny_models):
         assert not on.steps
 
 
-def test_refused_configuration_runs_unmodified(tiny_models, capfd):
-    """A refusal (here the off switch; on this CPU host only the triton backend runs
+@pytest.mark.parametrize("move", ["on", "off"])
+def test_refused_configuration_runs_upstream_with_the_one_launch_move(move, tiny_models, capfd, tmp_path):
+    """NWOR refused (here the off switch; on this CPU host only the triton backend runs
     speculative decoding at all, so other refusals are unit-tested in
-    test_eligibility.py) logs one line and leaves upstream behaviour untouched."""
-    prompts = [encode(PROMPTS[0])]
+    test_eligibility.py): one log line, no stage, outputs identical to upstream, and
+    every tree move is the one-launch move (or upstream's, with SGLANG_NWOR_MOVE=off)."""
+    import json
+
+    prompts = [encode(PROMPTS[0]), encode(PROMPTS[1])]
+    totals = tmp_path / "totals.json"
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
-                    extra_env={"SGLANG_NWOR_MODE": "off"})
+                    extra_env={"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": move,
+                               "SGLANG_NWOR_SCV_TOTALS": str(totals),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
     off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
     assert on.outputs == off.outputs
     assert not on.steps
     err = capfd.readouterr().err
     assert err.count("NWOR disabled for this model runner: SGLANG_NWOR_MODE=off") == 1
+    t = json.loads(totals.read_text())
+    moves = t["moves_fused"] + t["moves_upstream"]
+    assert moves > 0 and t["staged"] == 0, t
+    assert t["moves_fused" if move == "on" else "moves_upstream"] == moves, t
+
+
+def test_bad_switch_value_serves_upstream(tiny_models, capfd):
+    """A bad value: the plugin registers nothing, the engine serves upstream's outputs,
+    and the log names the variable (issue: SGLANG_NWOR_MODE=bogus used to kill the
+    scheduler on the first verify step)."""
+    prompts = [encode(PROMPTS[0])]
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
+                    extra_env={"SGLANG_NWOR_MODE": "bogus"})
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
+    assert on.outputs == off.outputs and not on.steps
+    err = capfd.readouterr().err
+    assert "SGLANG_NWOR_MODE='bogus' is not one of off, stage" in err
+    assert "upstream SGLang runs unmodified" in err
