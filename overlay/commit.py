@@ -61,6 +61,8 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
             slots = dst if window is None else _slots(dst, window)
             _step_record(st, stage, counter, accept_lens, src, slots, made is not None, m)
     st.debug_snapshot = None
+    if st.steps % m.log_interval == 0:
+        flush_metrics(st, log=True)
 
 
 def _same_window(a, b) -> bool:
@@ -114,7 +116,8 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
     totals = modes().totals_path
     if totals:  # measurement runs: cumulative counters of this process
         with open(totals, "w") as f:
-            json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps), f)
+            json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
+                       graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes), f)
 
 
 def _row_bytes(stage) -> int:

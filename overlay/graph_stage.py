@@ -63,6 +63,25 @@ class GraphStaging:
     buckets: dict = field(default_factory=dict)  # bucket bs -> BucketStage
     skipped: dict = field(default_factory=dict)  # bucket bs -> estimated bytes (over budget)
     budget_bytes: int | None = None
+    reserved_before: int | None = None  # device memory reserved before the first verify capture
+    reserved_after: int | None = None  # ... and after the latest one
+
+    def record_reserved(self, first: bool) -> None:
+        """Allocator bookkeeping (no device sync): what the verify captures reserved."""
+        if torch.cuda.is_available():
+            now = torch.cuda.memory_reserved()
+            if first and self.reserved_before is None:
+                self.reserved_before = now
+            if not first:
+                self.reserved_after = now
+
+    def report(self) -> dict:
+        """For the totals file: per bucket, what staging holds (or would hold)."""
+        return {"budget_bytes": self.budget_bytes,
+                "staged_held_bytes": {str(b): v.held_bytes for b, v in sorted(self.buckets.items())},
+                "skipped_estimated_bytes": {str(b): v for b, v in sorted(self.skipped.items())},
+                "capture_reserved_bytes": (None if None in (self.reserved_before, self.reserved_after)
+                                           else self.reserved_after - self.reserved_before)}
 
 
 @dataclass

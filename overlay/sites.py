@@ -68,11 +68,9 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
     if st is None:
         return
     st.verify_steps += 1
-    if st.verify_steps % modes().log_interval == 0:  # counters reach the host, one copy
-        flush_metrics(st, log=True)
     stage = st.stage
     if stage is None:
-        return
+        return _flush_unstaged(st)
     stage.closed = ok
     if getattr(model_runner.attn_backend, _BACKEND_ATTR, None) is stage:
         setattr(model_runner.attn_backend, _BACKEND_ATTR, None)
@@ -90,13 +88,22 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
             stage.plan = bucket.plan
     if not stage.layers:
         st.stage = None  # nothing staged: upstream wrote this step's K/V
-        return
+        return _flush_unstaged(st)
     if not stage.complete:
         logger.warning("NWOR: %d of %d layers staged; writing the stage whole",
                        len(stage.layers), stage.num_layers)
         stage.flush_all()
         st.metrics.add(flushed=1)
         st.stage = None
+        return _flush_unstaged(st)
+
+
+def _flush_unstaged(st) -> None:
+    """A verify step that will not commit (NWOR refused, or nothing staged) still moves
+    the counters to the host at the log interval (committed steps flush after their
+    commit, so the last commit is always counted)."""
+    if st.verify_steps % modes().log_interval == 0:
+        flush_metrics(st, log=True)
 
 
 def stage_kv(backend, forward_batch, layer, k, v, k_scale=None, v_scale=None) -> bool:
@@ -132,11 +139,20 @@ def fused_kv_write_allowed(forward_batch) -> bool:
 # ---------------------------------------------------------------- CUDA-graph capture
 def begin_graph_capture(graph_runner, size):
     """Open a capture stage for one verify bucket (graph staging on)."""
+    mode = getattr(graph_runner, "capture_forward_mode", None)
+    if mode is None or not mode.is_target_verify():
+        return None
+    st = runner_state(graph_runner.model_runner)
+    st.graph.record_reserved(first=True)
     if not graph_stage.wants_capture(graph_runner):
         return None
-    return graph_stage.begin_capture(graph_runner, size, runner_state(graph_runner.model_runner))
+    return graph_stage.begin_capture(graph_runner, size, st)
 
 
 def end_graph_capture(graph_runner, size, token, ok: bool) -> None:
+    st = existing_state(graph_runner.model_runner)
+    if st is None:
+        return
     if token is not None:
-        graph_stage.end_capture(graph_runner, size, token, ok, runner_state(graph_runner.model_runner))
+        graph_stage.end_capture(graph_runner, size, token, ok, st)
+    st.graph.record_reserved(first=False)

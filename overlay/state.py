@@ -47,6 +47,8 @@ class RunnerState:
         self.tp_rank = _process_rank()
         self.graph_note_logged = False
         pool = getattr(model_runner, "token_to_kv_pool", None)
+        buffers = [*(getattr(pool, "k_buffer", None) or []), *(getattr(pool, "v_buffer", None) or [])]
+        self.kv_pool_bytes = sum(b.numel() * b.element_size() for b in buffers)
         if pool is not None:
             try:
                 _by_pool[pool] = self

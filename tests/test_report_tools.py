@@ -112,7 +112,7 @@ def test_report_arithmetic(tmp_path):
     assert dram["nwor_stage_scv_graph"]["reduction_vs_off_pct"] == pytest.approx(45.0)
     assert dram["nwor_off_scv_graph"]["reduction_vs_off_pct"] == pytest.approx(0.0)
     assert dram["nwor_off_scv_off"]["l2_write_bytes"] == pytest.approx(100e6)  # sectors x 32 B
-    assert "60.0 MB written per step, 40.0% fewer bytes than off/off" in md
+    assert "60.0 MB written per step, 40.0% fewer bytes than `nwor_off_scv_off`" in md
     assert [r["mode"] for r in _rows(data, "dram_writes")][0] == "nwor_off_scv_off"  # display order
 
     prof = {r["mode"]: r for r in _rows(data, "launches")}
@@ -181,7 +181,7 @@ def test_no_baseline_means_no_comparison(tmp_path):
     data = nightly_report.build(res, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert _rows(data, "dram_writes")[0]["reduction_vs_off_pct"] is None
-    assert "no `nwor_off_scv_off` in this run, so no reduction computed" in md
+    assert "no `upstream` in this run, so no reduction computed" in md
     assert all(r["throughput_change_pct"] is None for r in _rows(data, "latency"))
     assert "No `plugin-off` points in this sweep" in md
 
@@ -393,4 +393,4 @@ def test_range_replay_rows_say_window_time_and_skip_kernel_columns(tmp_path):
     assert got["nwor_stage_scv_graph"]["kv_reduction_vs_off_pct"] is None
     assert "window time us" in md and "kernel time us" not in md
     assert "Application range replay" in md
-    assert "40.0% fewer bytes than off/off\n" in md  # no "(KV-write kernels: – fewer)"
+    assert "40.0% fewer bytes than `nwor_off_scv_off`\n" in md  # no "(KV-write kernels: – fewer)"

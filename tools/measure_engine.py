@@ -6,18 +6,23 @@ with the NVML GPM sampler running; then, optionally, one batch under SGLang's ow
 torch profiler, whose Chrome trace tools/trace_stats.py reduces to launches, CUDA
 API calls, host and GPU time per verify step.
 
-Modes (plugin on/off via SGLang's ``SGLANG_PLUGINS``; features via the plugin's env):
+Modes (one vocabulary for every tool; plugin on/off via SGLang's ``SGLANG_PLUGINS``,
+features via the plugin's switches; each name runs different code):
 
-| mode      | plugin | SGLANG_NWOR_MODE | SGLANG_SCV_MODE |
-|-----------|--------|------------------|-----------------|
-| plugin-off| no     |                  |                 |
-| off       | yes    | off              | off             |
-| nwor      | yes    | stage            | off             |
-| scv       | yes    | off              | graph           |
-| nwor+scv  | yes    | stage            | graph           |
+| mode                   | plugin | switches                                               |
+|------------------------|--------|--------------------------------------------------------|
+| plugin-off             | no     |                                                        |
+| plugin-off-native-move | no     | SGLANG_NATIVE_MOVE_KV_CACHE=1 (upstream's best move)   |
+| upstream               | yes    | NWOR, SCV, move off: upstream code + the plugin ranges |
+| upstream-native-move   | yes    | as upstream, SGLANG_NATIVE_MOVE_KV_CACHE=1             |
+| default                | yes    | none: the plugin as installed                          |
+| move                   | yes    | NWOR and SCV off: the one-launch move alone            |
+| nwor                   | yes    | SCV off                                                |
+| scv                    | yes    | NWOR and the move off                                  |
 
-With CUDA graphs on, plugin modes also set ``SGLANG_NWOR_GRAPH=1`` so graph-replayed
-verify steps stage too. Results are appended to OUT/sweep.json and OUT/profile.json.
+``off`` and ``nwor+scv`` (and measure_ncu's ``nwor_*_scv_*``) are read as aliases of
+``upstream`` and ``default`` in stored runs. Results are appended to OUT/sweep.json and
+OUT/profile.json.
 
     python tools/measure_engine.py --out OUT --model llama3-8b --specs ngram-tree \\
         --modes plugin-off,nwor+scv --bs 1,8,32,64,128 --profile-bs 32
@@ -40,13 +45,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.engine_run import REPO, SPEC_CONFIGS, engine_kwargs, has_cuda  # noqa: E402
 from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
 
-MODES = {
-    "plugin-off": None,
-    "off": {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off"},
-    "nwor": {"SGLANG_NWOR_MODE": "stage", "SGLANG_SCV_MODE": "off"},
-    "scv": {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "graph"},
-    "nwor+scv": {"SGLANG_NWOR_MODE": "stage", "SGLANG_SCV_MODE": "graph"},
+_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off"}
+_NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
+MODES = {  # name -> (plugin loaded, environment)
+    "plugin-off": (False, {}),
+    "plugin-off-native-move": (False, _NATIVE),
+    "upstream": (True, _OFF),
+    "upstream-native-move": (True, {**_OFF, **_NATIVE}),
+    "default": (True, {}),
+    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off"}),
+    "nwor": (True, {"SGLANG_SCV_MODE": "off"}),
+    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off"}),
 }
+ALIASES = {"off": "upstream", "nwor+scv": "default", "nwor_off_scv_off": "upstream",
+           "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default"}
+
+
+def mode_name(mode: str) -> str:
+    """The vocabulary's name for ``mode`` (aliases of stored runs resolved)."""
+    name = ALIASES.get(mode, mode)
+    if name not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    return name
+
 
 # Speculative configs for the Llama-3-8B-shaped dummy model: NGRAM needs no draft model,
 # and SGLANG_SIMULATE_ACC_LEN sets acceptance (dummy weights accept nothing by themselves).
@@ -60,14 +81,15 @@ SAMPLING = {"greedy": {"temperature": 0.0}, "sampling": {"temperature": 0.7, "to
 
 
 def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
-    features = MODES[mode]
-    if features is None:
-        return False, {}
-    env = dict(features, SGLANG_NWOR_SCV_TOTALS=str(totals), SGLANG_NWOR_SCV_LOG_INTERVAL="16",
-               SGLANG_NWOR_SCV_PROFILE="1")
-    if graphs:
-        env["SGLANG_NWOR_GRAPH"] = "1"
-    return True, env
+    """(plugin loaded, environment) of ``mode``; plugin modes also write their counters
+    to ``totals`` and open the plugin's profiler ranges. ``graphs`` is kept for callers:
+    graph staging is the plugin's default now, so it changes nothing here."""
+    plugin_on, features = MODES[mode_name(mode)]
+    env = dict(features)
+    if plugin_on:
+        env.update(SGLANG_NWOR_SCV_TOTALS=str(totals), SGLANG_NWOR_SCV_LOG_INTERVAL="16",
+                   SGLANG_NWOR_SCV_PROFILE="1")
+    return plugin_on, env
 
 
 def build_engine_kwargs(args, spec: str, model_dir: Path) -> dict:
@@ -250,7 +272,7 @@ def main() -> int:
     ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--specs", default="ngram-chain,ngram-tree")
-    ap.add_argument("--modes", default="plugin-off,nwor+scv")
+    ap.add_argument("--modes", default="plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,8,32,64,128")
     ap.add_argument("--sampling", default="greedy,sampling")
     ap.add_argument("--tokens", type=int, default=64)

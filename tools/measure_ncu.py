@@ -60,11 +60,11 @@ METRICS = ("dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_op_w
            "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum")
 SUMMED = METRICS[:3] + ("gpu__time_duration.sum",)
 MARKER = "spin_kernel"
-# The four modes of the seed's table; env for tools/measure_engine.MODES names.
-NCU_MODES = {"nwor_off_scv_off": "off", "nwor_stage_scv_off": "nwor",
-             "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "nwor+scv"}
+# Modes are tools/measure_engine.MODES names with the plugin loaded (its ranges open the
+# profiler window): upstream's default move, upstream's native move, the plugin's defaults.
+NCU_MODES = ("upstream", "upstream-native-move", "default")
 UNITS = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "nsecond": 1, "usecond": 1e3,
-         "msecond": 1e6, "sector": 1, "Ksector": 1e3, "Msector": 1e6, "%": 1}
+         "register/thread": 1, "msecond": 1e6, "sector": 1, "Ksector": 1e3, "Msector": 1e6, "%": 1}
 
 
 def child(args) -> int:
@@ -95,15 +95,16 @@ def child(args) -> int:
     return 0
 
 
-def parse_csv(text: str) -> list[dict]:
-    """ncu --csv rows -> one dict per kernel launch, in launch order."""
+def parse_csv(text: str, metrics=METRICS) -> list[dict]:
+    """ncu --csv rows -> one dict per kernel launch (its ``metrics`` among ``metrics``), in
+    launch order."""
     rows = csv.DictReader(io.StringIO("\n".join(ln for ln in text.splitlines() if ln.startswith('"'))))
     kernels: dict = {}
     for r in rows:
         key = (r.get("Process ID"), int(r.get("ID", "0")))
         k = kernels.setdefault(key, {"name": r.get("Kernel Name", ""), "metrics": {}})
         name, value = r.get("Metric Name"), (r.get("Metric Value") or "0").replace(",", "")
-        if name in METRICS:
+        if name in metrics:
             try:
                 k["metrics"][name] = float(value) * UNITS.get(r.get("Metric Unit", ""), 1)
             except ValueError:
@@ -159,7 +160,9 @@ def run_mode(args, spec: str, ncu_mode: str, workdir: Path, gpu: str | None = No
     log = workdir / f"{spec}_{ncu_mode}.steps.jsonl"
     csv_path = workdir / f"{spec}_{ncu_mode}.csv"
     totals = workdir / f"{spec}_{ncu_mode}.totals.json"
-    plugin_on, env = mode_env(NCU_MODES[ncu_mode], args.graphs, totals)
+    plugin_on, env = mode_env(ncu_mode, args.graphs, totals)
+    if not plugin_on:
+        raise ValueError(f"mode {ncu_mode}: ncu needs the plugin loaded (its ranges open the window)")
     env.update(SGLANG_NWOR_SCV_PROFILE_STEPS=f"{args.skip}:{args.skip + args.steps}",
                SGLANG_NWOR_SCV_PROFILE_BS=",".join(map(str, args.bs)),
                SGLANG_NWOR_SCV_PROFILE_LOG=str(log), SGLANG_SIMULATE_ACC_LEN=str(args.acc_len),

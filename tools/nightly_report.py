@@ -30,20 +30,26 @@ from pathlib import Path
 NOT_MEASURED = "not measured in this run"
 NA = "–"
 # display order of modes; unknown modes sort after these, by name
-MODE_ORDER = [
+MODE_ORDER = [  # tools/measure_engine.MODES, then the aliases stored runs carry
     "plugin-off",
-    "off",
+    "plugin-off-native-move",
+    "upstream",
+    "upstream-native-move",
+    "move",
     "nwor",
     "scv",
+    "default",
+    "off",
     "nwor+scv",
     "nwor_off_scv_off",
     "nwor_stage_scv_off",
     "nwor_off_scv_graph",
     "nwor_stage_scv_graph",
 ]
-NCU_BASELINE = "nwor_off_scv_off"
-PROFILE_BASELINES = ("plugin-off", "off", "nwor_off_scv_off")  # first one present in the same run wins
-SWEEP_BASELINES = ("plugin-off", "off")  # first one present in the same run wins
+NCU_BASELINES = ("upstream", "nwor_off_scv_off")  # first one present in the same run wins
+PROFILE_BASELINES = ("plugin-off", "upstream", "off", "nwor_off_scv_off")  # likewise
+SWEEP_BASELINES = ("plugin-off", "upstream", "off")  # likewise
+PLUGIN_MODES = ("default", "move", "nwor", "nwor+scv", "nwor_stage_scv_off", "nwor_stage_scv_graph")
 PROFILE_FIELDS = ("kernels", "launch_calls", "graph_launches", "api_calls", "gpu_us", "step_us", "kv_kernels",
                   "kv_gpu_us")
 SWEEP_FIELDS = ("spec", "sampling", "bs", "mode", "requests", "tokens", "wall_s", "throughput_tok_s",
@@ -269,7 +275,9 @@ def dram_writes(page: Page) -> None:
     if not per_mode:
         page.missing("dram_writes", title, why or f"{NOT_MEASURED} (ncu_whole_step.json: no per_mode)")
         return page.failures("dram_writes", (ncu or {}).get("errors") or [])
-    base = {(m["spec"], m["bs"]): m for m in per_mode if m["mode"] == NCU_BASELINE}
+    present = {m["mode"] for m in per_mode}
+    baseline = next((m for m in NCU_BASELINES if m in present), NCU_BASELINES[0])
+    base = {(m["spec"], m["bs"]): m for m in per_mode if m["mode"] == baseline}
     rows = []
     for m in by_mode_order(per_mode, "spec", "bs"):
         b = base.get((m["spec"], m["bs"]))
@@ -290,9 +298,9 @@ def dram_writes(page: Page) -> None:
                 change = pct_change(now.get("dram__bytes_write.sum"), then.get("dram__bytes_write.sum"))
                 row[key] = None if change is None else -change
         rows.append(row)
-    page.data["dram_writes"] = {"baseline_mode": NCU_BASELINE, "method": ncu.get("method"), "rows": rows}
+    page.data["dram_writes"] = {"baseline_mode": baseline, "method": ncu.get("method"), "rows": rows}
     page.section(title, "Nsight Compute over whole verify steps, bytes per verify step. Reduction = "
-                 f"(baseline - mode) / baseline, baseline `{NCU_BASELINE}` of the same spec and bs "
+                 f"(baseline - mode) / baseline, baseline `{baseline}` of the same spec and bs "
                  "(positive = fewer bytes). L2 write = lts__t_sectors_op_write x 32 B.")
     ranges = any(r["replay"] == "app-range" for r in rows)
     if ranges:
@@ -301,14 +309,14 @@ def dram_writes(page: Page) -> None:
                        "DRAM % of peak is diluted; kernels and the KV-write kernels alone are not "
                        "separated (run `tools/measure_ncu.py --replay kernel` for those).\n")
     for r in rows:
-        if r["mode"].startswith("nwor_stage") and r["reduction_vs_off_pct"] is not None:
+        if r["mode"] in PLUGIN_MODES and r["reduction_vs_off_pct"] is not None:
             kv = ("" if r["kv_reduction_vs_off_pct"] is None
                   else f" (KV-write kernels: {f_pct(r['kv_reduction_vs_off_pct'], False)} fewer)")
             page.md.append(f"- {r['spec']} bs {r['bs']}, `{r['mode']}`: {f_mb(r['dram_write_bytes'])} MB "
                            f"written per step, {f_pct(r['reduction_vs_off_pct'], False)} fewer bytes than "
-                           f"off/off{kv}")
+                           f"`{baseline}`{kv}")
     for spec, bs in sorted({(r["spec"], r["bs"]) for r in rows if not r["has_baseline"]}):
-        page.md.append(f"- {spec} bs {bs}: no `{NCU_BASELINE}` in this run, so no reduction computed")
+        page.md.append(f"- {spec} bs {bs}: no `{baseline}` in this run, so no reduction computed")
     page.md.append("")
     page.failures("dram_writes", ncu.get("errors") or [])
     page.md += md_table(rows, [

@@ -27,6 +27,19 @@ def write_llama3_8b(directory: Path, layers: int = 32) -> Path:
     return directory
 
 
+def write_eagle3_draft(directory: Path, aux_layers: tuple[int, ...] = (0, 1, 2)) -> Path:
+    """An EAGLE3 draft head for the Llama-3-8B shape (one layer, dummy weights:
+    ``speculative_draft_load_format="dummy"``); ``aux_layers`` are the target layers whose
+    hidden states it reads (the target needs more than ``max(aux_layers) + 1`` layers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = dict(LLAMA3_8B, architectures=["LlamaForCausalLMEagle3"], num_hidden_layers=1,
+               draft_vocab_size=LLAMA3_8B["vocab_size"],
+               eagle_config={"eagle_aux_hidden_state_layer_ids": list(aux_layers),
+                             "use_aux_hidden_state": True})
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return directory
+
+
 def kv_row_bytes(layers: int = 32, dtype_bytes: int = 2) -> int:
     """Bytes of one token's K and V over all layers (the unit NWOR saves)."""
     cfg = LLAMA3_8B

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The GPU suite in one call: install (wheelhouse or an existing SGLang), then kernel
-# tests + benchmarks, Nsight Compute on the commit kernel, and the real engine with
-# the plugin off/on. Every artifact goes to $OUT (default out/gpu); a pass/fail table
-# is printed last. Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
+# The GPU suite in one call: install (wheelhouse or an existing SGLang), then the steps in
+# SUITE_STEPS (default all):
+#   kernels  kernel tests + benchmarks (commit, acceptance, commit list, KV move)
+#   ncu      Nsight Compute on the commit kernel
+#   move     tools/move_kv_repro.py: upstream's move vs native vs one-launch, timed + ncu
+#   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
+#   memory   tools/graph_memory.py: what graph staging holds on the default bucket list
+# Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
+# Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/gpu}
@@ -14,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
 cat "$OUT/card.txt"
 declare -A RC
-STEPS=${SUITE_STEPS:-kernels,ncu,engine,known}  # run a subset across several device calls
+STEPS=${SUITE_STEPS:-kernels,ncu,move,engine,memory}  # run a subset across several device calls
 step() {  # name timeout cmd...
   local name=$1 t=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || return 0
@@ -24,19 +29,15 @@ step() {  # name timeout cmd...
 }
 python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_commit_kv_gpu.py \
-  tests/gpu/test_verify_accept_gpu.py tests/gpu/test_commit_list_gpu.py tests/gpu/bench_commit_kv.py ${VERIFY_BENCH-tests/gpu/bench_verify_accept.py} \
+  tests/gpu/test_verify_accept_gpu.py tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py \
+  tests/gpu/bench_commit_kv.py ${VERIFY_BENCH-tests/gpu/bench_verify_accept.py} tests/gpu/bench_move_kv.py \
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
 # Large enough that the committed bytes dwarf L2 (50 MB); the tool also measures commit + L2 eviction.
 step ncu "${NCU_TIMEOUT:-240}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs "${COMMIT_NCU_BS:-128}" --n "${COMMIT_NCU_N:-64}" --kv bf16
-# STANDALONE + CUDA graphs is run on its own (below): it killed the engine in earlier runs.
-step engine "${ENGINE_TIMEOUT:-360}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
-  -k "${ENGINE_K:-not (graphs and standalone)}" --junitxml="$OUT/engine.xml"
-if [[ ",$STEPS," == *",known,"* ]]; then  # diagnosis only: logged, not part of the pass/fail verdict
-  NWOR_SCV_ENGINE_LOG_LEVEL=info NWOR_SCV_GPU_SPECS=standalone-chain timeout 200 python3 -m pytest -q -s \
-    -p no:cacheprovider tests/gpu/test_engine_gpu.py -k "graphs and standalone and not opt_in" \
-    --junitxml="$OUT/known_issue_standalone_graphs.xml" > "$OUT/known_issue_standalone_graphs.txt" 2>&1
-  echo "=== known issue (STANDALONE + CUDA graphs) rc=$? (log: known_issue_standalone_graphs.txt)"
-fi
+step move "${MOVE_TIMEOUT:-240}" python3 tools/move_kv_repro.py --out "$OUT" --ncu ${MOVE_ARGS:-}
+step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
+  -k "${ENGINE_K:-not tp2 and not realistic}" --junitxml="$OUT/engine.xml"
+step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 python3 ci/gpu/summarize.py "$OUT" > "$OUT/summary.md" 2>&1; tail -n 60 "$OUT/summary.md"
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

@@ -31,7 +31,7 @@ memory_pool = pytest.importorskip(
 )
 
 from sglang_nwor_scv.kernels.commit_kv import KVCommitPlan  # noqa: E402
-from tests.gpu.cuda_timing import device_us_per_call  # noqa: E402
+from tools.cuda_timing import device_us_per_call  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -60,7 +60,7 @@ from sglang_nwor_scv.kernels.verify_accept import (  # noqa: E402
     alloc_verify_accept_outputs,
     verify_accept_greedy,
 )
-from tests.gpu.cuda_timing import device_us_per_call, launches_per_call  # noqa: E402
+from tools.cuda_timing import device_us_per_call, launches_per_call  # noqa: E402
 
 # Device work each upstream op issues (kernels or memsets), for the printout.
 UPSTREAM_LAUNCHES = {

@@ -15,7 +15,7 @@ from sglang_nwor_scv.kernels.commit_list import (  # noqa: E402
     slots_from_positions,
     slots_from_positions_ref,
 )
-from tests.gpu.cuda_timing import launches_per_call  # noqa: E402
+from tools.cuda_timing import launches_per_call  # noqa: E402
 from tests.test_commit_list import acceptance_case  # noqa: E402
 
 pytestmark = pytest.mark.gpu

@@ -1,14 +1,16 @@
 """The real SGLang engine on the GPU (0.5.17 on the device machines), plugin off vs on.
 
-CUDA graphs on (the default) and off. With graphs on, graph-replayed verify steps
-keep upstream's writes (graph-mode staging is not implemented yet), so identity
-must hold and no step may be staged; with graphs off every verify step stages and
-the same per-step invariants as the CPU tests are checked (debug mode: poisoned
-verify windows, committed == accepted, rows outside the commit list untouched).
+CUDA graphs on (SGLang's default) with no plugin variable set: verify graph buckets are
+captured without their KV writes (graph staging) and every replayed step commits its
+accepted rows, checked step by step in debug mode (poisoned verify windows, committed ==
+accepted, rows outside the commit list untouched). Also eager verify, graph staging
+switched off (the one-launch move takes every tree move), and EAGLE3 with a dummy
+draft head. ``NWOR_SCV_GPU_MEM_FRACTION`` lets several of these run side by side.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -24,10 +26,30 @@ pytestmark = [pytest.mark.gpu, pytest.mark.engine]
 
 PROMPTS = ["The old miller watched", "A quiet river crossed the long road. The grey fox",
            "Seven stones", "The village bell"]
-GPU_KW = dict(dtype="bfloat16", mem_fraction_static=0.3)
+GPU_KW = dict(dtype="bfloat16", mem_fraction_static=float(os.environ.get("NWOR_SCV_GPU_MEM_FRACTION", "0.3")))
+SPECS = os.environ.get("NWOR_SCV_GPU_SPECS",
+                       "ngram-tree,ngram-chain,standalone-chain,standalone-tree").split(",")
 
 
-SPECS = os.environ.get("NWOR_SCV_GPU_SPECS", "ngram-tree,standalone-chain").split(",")
+_upstream_runs: dict = {}
+
+
+def _upstream(spec, models, prompts, **kw):
+    """Plugin-off outputs, run once per configuration in this session (several tests
+    compare against the same upstream run)."""
+    key = (spec, str(models), repr(prompts), repr(sorted(kw.items(), key=lambda x: x[0])))
+    if key not in _upstream_runs:
+        _upstream_runs[key] = run_engine(spec, models, prompts, plugin_on=False, **kw)
+    return _upstream_runs[key]
+
+
+def _check_steps(steps, graph: bool):
+    assert steps, "the plugin recorded no verify step"
+    for s in steps:
+        assert s["ok"] and s["committed"] == s["accepted"] and s["staged"] == s["verify_rows"], s
+        assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
+        assert s["graph"] is graph, s  # replayed from a bucket captured without KV writes
+    assert sum(s["staged"] - s["committed"] for s in steps) > 0
 
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
@@ -37,27 +59,56 @@ def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     kw = dict(GPU_KW, disable_cuda_graph=not graphs)
     if graphs:
         kw["cuda_graph_max_bs_decode"] = 8  # capture few buckets: start-up time
-    off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
+    off = _upstream(spec, tiny_models, prompts, max_new_tokens=48, **kw)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, **kw)
+    print("IDENTITY", spec, "graphs" if graphs else "eager", "identical", off.outputs == on.outputs,
+          "steps", len(on.steps), "staged", sum(s["staged"] for s in on.steps), "committed",
+          sum(s["committed"] for s in on.steps), flush=True)
     assert off.outputs == on.outputs
-    if graphs:
-        assert not on.steps
-        return
-    assert on.steps
-    for s in on.steps:
-        assert s["ok"] and s["committed"] == s["accepted"] and s["staged"] == s["verify_rows"], s
-        assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
-    assert sum(s["staged"] - s["committed"] for s in on.steps) > 0
+    _check_steps(on.steps, graph=graphs)
 
 
+def test_graph_staging_off_moves_in_one_launch(tiny_models, tmp_path):
+    """SGLANG_NWOR_GRAPH=0: replayed steps keep upstream's KV writes and every tree move is
+    the one-launch move, not upstream's copy kernel; outputs identical."""
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    totals = tmp_path / "totals.json"
+    off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=48,
+                    extra_env={"SGLANG_NWOR_GRAPH": "0", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
+    t = json.loads(totals.read_text())
+    print("MOVE-ONLY", "identical", off.outputs == on.outputs, t, flush=True)
+    assert off.outputs == on.outputs
+    assert not on.steps and t["moves_fused"] > 0 and t["moves_upstream"] == 0, t
+
+
+def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
+    """EAGLE3 (topk 2 tree) with a dummy-weight draft head on a 4-layer Llama-3-8B-shaped
+    target (dummy weights, acceptance set by SGLANG_SIMULATE_ACC_LEN), CUDA graphs on."""
+    from tools.realistic_model import write_eagle3_draft, write_llama3_8b
+
+    target = write_llama3_8b(tmp_path / "target", layers=4)
+    draft = write_eagle3_draft(tmp_path / "draft", aux_layers=(0, 1, 2))
+    prompts = [[1000 + (7 * i + j) % 5000 for j in range(24)] for i in range(4)]
+    kw = dict(GPU_KW, model_path=str(target), load_format="dummy", speculative_algorithm="EAGLE3",
+              speculative_draft_model_path=str(draft), speculative_draft_load_format="dummy",
+              speculative_num_steps=3, speculative_eagle_topk=2, speculative_num_draft_tokens=6,
+              cuda_graph_max_bs_decode=8, max_running_requests=8)
+    env = {"SGLANG_SIMULATE_ACC_LEN": "2.5"}
+    off = run_engine("ngram-tree", tmp_path, prompts, plugin_on=False, max_new_tokens=32, extra_env=env, **kw)
+    on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=32, extra_env=env, **kw)
+    print("EAGLE3", "identical", off.outputs == on.outputs, "steps", len(on.steps), "staged",
+          sum(s["staged"] for s in on.steps), "committed", sum(s["committed"] for s in on.steps), flush=True)
+    assert off.outputs == on.outputs
+    assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps)
 
 
 @pytest.mark.skipif(os.environ.get("NWOR_SCV_GPU_REALISTIC", "1") == "0", reason="disabled")
 def test_realistic_shape_dummy_weights(tmp_path):
     """Llama-3-8B shapes, dummy weights, acceptance forced by SGLANG_SIMULATE_ACC_LEN;
     eager verify (NWOR stages every step) at batch sizes 1, 8, 32, 64, one engine."""
-    import json
-
     import sglang as sgl
 
     from tools.engine_run import engine_kwargs, prepare_process_env, restore_env
@@ -87,29 +138,10 @@ def test_realistic_shape_dummy_weights(tmp_path):
     assert {1, 8, 32, 64} <= {s["bs"] for s in steps}
 
 
-@pytest.mark.parametrize("spec", ["ngram-tree"])
-def test_graph_staging_opt_in(spec, tiny_models):
-    """SGLANG_NWOR_GRAPH=1: verify graphs are captured without KV writes and every
-    replayed step commits its accepted rows (debug checks on every step)."""
-    prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, cuda_graph_max_bs_decode=8)
-    off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
-    on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48,
-                    extra_env={"SGLANG_NWOR_GRAPH": "1"}, **kw)
-    print("GRAPH-STAGING", spec, "identical", off.outputs == on.outputs, "steps", len(on.steps),
-          "staged", sum(s["staged"] for s in on.steps), "committed",
-          sum(s["committed"] for s in on.steps), "all ok", all(s["ok"] for s in on.steps), flush=True)
-    assert off.outputs == on.outputs
-    assert on.steps
-    for s in on.steps:
-        assert s["ok"] and s["committed"] == s["accepted"], s
-        assert s["poison_ok"] and s["outside_ok"] and s["commit_ok"], s
-
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (nvidia-h100-x2)")
 @pytest.mark.parametrize("spec,graphs", [("ngram-tree", False), ("ngram-chain", False),
                                          ("ngram-tree", True)],
-                         ids=["ngram-tree-eager", "ngram-chain-eager", "ngram-tree-graph-staging"])
+                         ids=["ngram-tree-eager", "ngram-chain-eager", "ngram-tree-graphs"])
 def test_tp2_identity_and_invariants_per_rank(spec, graphs, tiny_models):
     """TP=2: each rank stages and commits its own KV heads; outputs identical to plugin
     off, and every rank's every step passes the debug checks. (NGRAM only: the tiny
@@ -119,7 +151,6 @@ def test_tp2_identity_and_invariants_per_rank(spec, graphs, tiny_models):
     env = {}
     if graphs:
         kw["cuda_graph_max_bs_decode"] = 8
-        env["SGLANG_NWOR_GRAPH"] = "1"
     off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, extra_env=env, **kw)
     ranks = sorted({s.get("rank") for s in on.steps})
@@ -140,8 +171,6 @@ def test_no_host_sync_in_plugin_sites(graphs, tiny_models, tmp_path):
     """No synchronizing CUDA call inside the plugin's step work (torch sync debug mode,
     counted by sglang_nwor_scv.sync_check), with debug checks and the step log off,
     as in production; the interval counter flush is the one allowed sync."""
-    import json
-
     totals = tmp_path / "totals.json"
     env = {"SGLANG_NWOR_SCV_SYNC_CHECK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
            "SGLANG_NWOR_SCV_DEBUG": "0", "SGLANG_NWOR_SCV_STEP_LOG": "",
@@ -149,7 +178,6 @@ def test_no_host_sync_in_plugin_sites(graphs, tiny_models, tmp_path):
     kw = dict(GPU_KW, disable_cuda_graph=not graphs)
     if graphs:
         kw["cuda_graph_max_bs_decode"] = 8
-        env["SGLANG_NWOR_GRAPH"] = "1"
     run_engine("ngram-tree", tiny_models, [encode(p) for p in PROMPTS], plugin_on=True,
                max_new_tokens=48, extra_env=env, **kw)
     t = json.loads(totals.read_text())
