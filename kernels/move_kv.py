@@ -28,9 +28,9 @@ Semantics (SGLang 0.5.23's, which 0.5.17 shares whenever the window is where
 ``out_cache_loc[b*W : (b+1)*W]`` and ``n_b = num_correct_drafts[b] + 1`` accepted
 rows, entry ``i < min(n_b, D)`` with ``accept_index[b, i] >= 0`` copies the row of
 slot ``out_cache_loc[accept_index[b, i]]`` to slot ``out_cache_loc[b*W + i]`` in every
-buffer. All of a request's rows are read before any is written (as upstream's tile
-does), so a move within one window is safe in place; different requests' windows
-are disjoint.
+buffer. All of a request's rows are read before any is written, with a block-wide
+barrier between the reads and the writes, so a move within one window is safe in
+place; different requests' windows are disjoint.
 """
 
 from __future__ import annotations
@@ -104,8 +104,11 @@ def _move_accepted_kv_kernel(
         base = tl.load(ptr_table + buf).to(tl.pointer_type(WORD))
         w = tile * TILE + tl.arange(0, TILE)
         mask = live[:, None] & (w < row_words)[None, :]
-        # every row is loaded before any is stored: safe in place within the window
+        # every row is loaded before any is stored: safe in place within the window. The
+        # barrier makes that hold across the program's threads too (a row one thread
+        # writes may be a row another thread still has to read).
         rows = tl.load(base + src[:, None] * row_words + w[None, :], mask=mask)
+        tl.debug_barrier()
         tl.store(base + dst[:, None] * row_words + w[None, :], rows, mask=mask)
 
 

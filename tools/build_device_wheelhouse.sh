@@ -141,6 +141,7 @@ trim_args() {
         --drop 'flashinfer/data/csrc/*' --drop 'flashinfer/data/include/*' \
         --drop 'flashinfer/data/spdlog/*' ;;
     xgrammar) printf '%s\n' --drop 'xgrammar/lib/*' --strip 'xgrammar/*.so' ;;
+    sgl_deep_gemm) printf '%s\n' --drop 'deep_gemm/include/*' --strip 'deep_gemm/*.so' ;;
     *) return 1 ;;
   esac
 }

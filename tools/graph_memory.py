@@ -104,7 +104,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     if full and full["held_bytes_per_bucket"]:
         lines += ["", "Per bucket, staged K/V held during its capture (unbudgeted run):", "",
                   "| bucket bs | tokens (bs x 8) | MiB |", "|---|---|---|"]
-        lines += [f"| {b} | {8 * b} | {v / MIB:,.1f} |" for b, v in sorted(full["held_bytes_per_bucket"].items())]
+        lines += [f"| {b} | {8 * b} | {v / MIB:,.1f} |"
+                  for b, v in sorted(full["held_bytes_per_bucket"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU suite in one call: install (wheelhouse or an existing SGLang), then the steps in
 # SUITE_STEPS (default all):
-#   kernels  kernel tests + benchmarks (commit, acceptance, commit list, KV move)
+#   kernels  kernel tests + benchmarks (commit, acceptance, commit list, KV move; KERNEL_TESTS selects)
 #   ncu      Nsight Compute on the commit kernel
 #   move     tools/move_kv_repro.py: upstream's move vs native vs one-launch, timed + ncu
-#   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
 #   memory   tools/graph_memory.py: what graph staging holds on the default bucket list
+#   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
 # Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
 # Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
 cat "$OUT/card.txt"
 declare -A RC
-STEPS=${SUITE_STEPS:-kernels,ncu,move,engine,memory}  # run a subset across several device calls
+STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine}  # run a subset across several device calls
 step() {  # name timeout cmd...
   local name=$1 t=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || return 0
@@ -28,16 +28,17 @@ step() {  # name timeout cmd...
   RC[$name]=${PIPESTATUS[0]}; echo "=== $name rc=${RC[$name]} $((SECONDS - t0))s" | tee -a "$OUT/log.txt"
 }
 python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
-step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_commit_kv_gpu.py \
-  tests/gpu/test_verify_accept_gpu.py tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py \
-  tests/gpu/bench_commit_kv.py ${VERIFY_BENCH-tests/gpu/bench_verify_accept.py} tests/gpu/bench_move_kv.py \
+KERNEL_TESTS=${KERNEL_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
+  tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_commit_kv.py \
+  tests/gpu/bench_verify_accept.py tests/gpu/bench_move_kv.py}
+step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -s -p no:cacheprovider $KERNEL_TESTS \
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
 # Large enough that the committed bytes dwarf L2 (50 MB); the tool also measures commit + L2 eviction.
 step ncu "${NCU_TIMEOUT:-240}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs "${COMMIT_NCU_BS:-128}" --n "${COMMIT_NCU_N:-64}" --kv bf16
 step move "${MOVE_TIMEOUT:-240}" python3 tools/move_kv_repro.py --out "$OUT" --ncu ${MOVE_ARGS:-}
+step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
   -k "${ENGINE_K:-not tp2 and not realistic}" --junitxml="$OUT/engine.xml"
-step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 python3 ci/gpu/summarize.py "$OUT" > "$OUT/summary.md" 2>&1; tail -n 60 "$OUT/summary.md"
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

@@ -4,7 +4,9 @@ builds the pools and the calls; its ``--ncu`` adds DRAM and spill bytes).
 
     pytest tests/gpu/bench_move_kv.py --benchmark-enable --benchmark-json=out/bench_move_kv.json
 
-Each group checks once that the three leave identical pool bytes, then times one call
+Each group checks once that the plugin's move leaves the bytes of the move's spec (the
+torch gather-then-scatter; tools/move_kv_repro.py reports how often each provider does),
+then times one call
 plus a synchronize (host wall time); ``extra_info`` holds the device time per call
 (CUDA events, back-to-back calls), launches per call and the bytes to move (formula).
 """
@@ -16,7 +18,8 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from tools.cuda_timing import device_us_per_call, launches_per_call  # noqa: E402
-from tools.move_kv_repro import PATH, SHAPES, providers, row_bytes  # noqa: E402
+from sglang_nwor_scv.kernels.move_kv import move_accepted_kv_ref  # noqa: E402
+from tools.move_kv_repro import PATH, SHAPES, make_pool, move_inputs, providers, row_bytes  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 SHAPE = SHAPES["llama3-8b"]
@@ -30,10 +33,12 @@ def _calls(rows):
         for _, call in calls.values():
             call()
         torch.cuda.synchronize()
-        first, *rest = [[*p.k_buffer, *p.v_buffer] for p, _ in calls.values()]
-        for other in rest:
-            for a, b in zip(first, other, strict=True):
-                assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+        ours = calls["plugin"][0]
+        spec = make_pool(SHAPE, torch.bfloat16, ours.k_buffer[0].shape[0] - 1, False)
+        accept_index, num_correct, loc, _, _ = move_inputs(rows)
+        move_accepted_kv_ref([*spec.k_buffer, *spec.v_buffer], accept_index, num_correct, loc)
+        for a, b in zip([*ours.k_buffer, *ours.v_buffer], [*spec.k_buffer, *spec.v_buffer], strict=True):
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
         _cache[rows] = calls
     return _cache[rows]
 

@@ -1,8 +1,14 @@
-"""The one-launch KV move at real shapes on the GPU, against SGLang's own move (0.5.17 on
-the device machines: ``move_accept_tokens_to_target_kvcache`` with its tiled copy kernel,
+"""The one-launch KV move at real shapes on the GPU, byte for byte against the move's
+spec (``move_accepted_kv_ref``: gather every accepted row, then scatter) and against
+SGLang's own move (0.5.17 on the device machines: ``move_accept_tokens_to_target_kvcache``,
 which takes the window targets from ``req_to_token``; here ``req_to_token`` holds the
-window, as SGLang assigns it for a verify step), byte for byte, in one launch and
-without a host sync."""
+window, as SGLang assigns it for a verify step), in one launch, without a host sync.
+
+SGLang's tiled copy loads all of a chunk's rows, then stores them, with no barrier
+between a thread's loads and another thread's stores; where a path's rows overlap (a row
+one entry writes is a row another entry reads) its result can depend on timing. So the
+assertion is against the spec; SGLang's result is asserted where the step has no
+overlap and reported where it has (``SGLANG-MOVE`` lines)."""
 
 from __future__ import annotations
 
@@ -66,19 +72,34 @@ def _bytes(pool):
     return [b.view(torch.uint8) for b in [*pool.k_buffer, *pool.v_buffer]]
 
 
+def _overlaps(accept_index, num_correct, n) -> bool:
+    """Does some request's move read a window row that another of its entries writes?"""
+    for b, (row, k) in enumerate(zip(accept_index.tolist(), num_correct.tolist(), strict=True)):
+        path = [p - b * n for p in row[: k + 1]]
+        moving = [(i, p) for i, p in enumerate(path) if p != i]
+        if {p for _, p in moving} & {i for i, _ in moving}:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
 @pytest.mark.parametrize("bs,n,depth", [(1, 4, 4), (8, 8, 8), (32, 8, 8), (48, 6, 6), (128, 8, 8),
                                         (256, 8, 5), (64, 64, 64)])
-def test_move_equals_sglang_move_at_real_shapes(dtype, bs, n, depth):
+def test_move_equals_spec_and_sglang_move_at_real_shapes(dtype, bs, n, depth):
     size = bs * n + 64
     accept_index, num_correct = _acceptance(bs, n, depth, seed=bs + n)
     loc = (torch.randperm(size - 1)[: bs * n] + 1).cuda()
-    ours, upstream = _pool(size, dtype), _pool(size, dtype)
+    ours, upstream, spec = _pool(size, dtype), _pool(size, dtype), _pool(size, dtype)
+    move_accepted_kv_ref([*spec.k_buffer, *spec.v_buffer], accept_index, num_correct, loc)
     _upstream(upstream, accept_index, num_correct, loc, bs, n)
     KVMovePlan.for_pool(ours).launch(accept_index, num_correct, loc)
     torch.cuda.synchronize()
-    for a, b in zip(_bytes(ours), _bytes(upstream), strict=True):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(_bytes(ours), _bytes(spec), strict=True))
+    sglang_ok = all(torch.equal(a, b) for a, b in zip(_bytes(upstream), _bytes(spec), strict=True))
+    overlap = _overlaps(accept_index.cpu(), num_correct.cpu(), n)
+    print(f"SGLANG-MOVE {dtype} bs {bs} n {n}: equals the spec {sglang_ok}, paths overlap {overlap}")
+    if not overlap:
+        assert sglang_ok
 
 
 def test_move_is_one_launch_without_host_sync():
