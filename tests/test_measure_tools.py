@@ -98,23 +98,23 @@ def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):
     record = tmp_path / "record.jsonl"
     env = dict(os.environ, NCU_STANDIN_SLEEP="2", NCU_STANDIN_RECORD=str(record))
     cmd = [sys.executable, str(REPO / "tools" / "measure_ncu.py"), "--out", str(tmp_path),
-           "--specs", "ngram-tree", "--modes", "nwor_off_scv_off,nwor_stage_scv_graph", "--bs", "8,32",
+           "--specs", "ngram-tree", "--modes", "upstream,default", "--bs", "8,32",
            "--gpus", "0,1", "--ncu", str(REPO / "tests" / "ncu_standin.py"), "--timeout", "120"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = [json.loads(x) for x in record.read_text().splitlines()]
     assert sorted(r["gpu"] for r in runs) == ["0", "1"]
-    assert sorted(r["nwor"] for r in runs) == ["off", "stage"]
+    assert sorted(str(r["nwor"]) for r in runs) == ["None", "off"]  # default: no plugin variable
     assert all("nwor_scv" in r["plugins"] for r in runs)  # plugin modes load the plugin
     assert max(r["t0"] for r in runs) < min(r["t1"] for r in runs)  # they overlapped
     rows = json.loads((tmp_path / "ncu_whole_step.json").read_text())["summary"]["per_mode"]
     got = {(r["mode"], r["bs"]): r["ncu_metrics"]["dram__bytes_write.sum"] for r in rows}
-    assert got == {(m, bs): 1000.0 * bs for m in ("nwor_off_scv_off", "nwor_stage_scv_graph")
+    assert got == {(m, bs): 1000.0 * bs for m in ("upstream", "default")
                    for bs in (8, 32)}
     assert all(r["replay"] == "app-range" and r["kv_write_kernels"] is None for r in rows)
     # --reduce rebuilds the same rows from the stored CSVs and step logs
     again = subprocess.run([*cmd[:2], "--out", str(tmp_path / "again"), "--specs", "ngram-tree",
-                            "--modes", "nwor_off_scv_off,nwor_stage_scv_graph", "--bs", "8,32",
+                            "--modes", "upstream,default", "--bs", "8,32",
                             "--reduce", str(tmp_path / "ncu_analysis")], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     rows_again = json.loads((tmp_path / "again" / "ncu_whole_step.json").read_text())["summary"]["per_mode"]
