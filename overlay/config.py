@@ -24,6 +24,11 @@ from functools import lru_cache
 logger = logging.getLogger("sglang_nwor_scv")
 
 NWOR_MODES = ("off", "stage")
+# SGLANG_NWOR_GRAPH=auto stages CUDA-graph verify buckets for these algorithms: the ones
+# whose graph path ran on a GPU with outputs identical and every debug check held (H100,
+# 2026-11-29, run 18). EAGLE/EAGLE3/STANDALONE share the graph pool with their draft
+# graphs and have not run that way yet: they stage graph steps with SGLANG_NWOR_GRAPH=1.
+GRAPH_AUTO_ALGORITHMS = frozenset({"NGRAM"})
 SCV_MODES = ("off", "vectorized", "graph")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -50,6 +55,17 @@ def _bool(name: str, raw: str) -> bool:
     if low in _FALSE:
         return False
     raise SwitchError(f"{name}={raw!r} is not a boolean (use one of {', '.join(_TRUE + _FALSE)})")
+
+
+def _auto_bool(name: str, raw: str) -> bool | None:
+    """A boolean, or ``auto`` (None): the plugin decides per configuration."""
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        return _bool(name, raw)
+    except SwitchError:
+        raise SwitchError(f"{name}={raw!r} is not auto or a boolean "
+                          f"(use one of auto, {', '.join(_TRUE + _FALSE)})") from None
 
 
 def _choice(allowed: tuple[str, ...]):
@@ -107,8 +123,10 @@ SWITCHES: tuple[Switch, ...] = (
            "stage verify K/V, commit accepted rows only", _choice(NWOR_MODES)),
     Switch("SGLANG_SCV_MODE", "scv", "`off`, `vectorized`, `graph`", "vectorized",
            "fused acceptance kernel (`graph`: see docs/status.md)", _choice(SCV_MODES)),
-    Switch("SGLANG_NWOR_GRAPH", "graph_stage", "boolean", "1",
-           "also stage CUDA-graph verify steps (buckets within `SGLANG_NWOR_GRAPH_MAX_MB`)", _bool),
+    Switch("SGLANG_NWOR_GRAPH", "graph_stage", "`auto`, boolean", "auto",
+           "also stage CUDA-graph verify steps (buckets within `SGLANG_NWOR_GRAPH_MAX_MB`); "
+           "`auto`: for the algorithms whose graph path has run on a GPU with every check "
+           "(NGRAM), others need `1`", _auto_bool),
     Switch("SGLANG_NWOR_GRAPH_MAX_MB", "graph_max_mb", "`auto`, MiB", "auto",
            "largest verify-graph bucket staged: its K/V held at most this many MiB "
            "(`auto`: 1% of the KV pool, at most 1024)", _int(0, auto=True)),
@@ -142,7 +160,7 @@ SWITCHES: tuple[Switch, ...] = (
 class Modes:
     nwor: str = "stage"
     scv: str = "vectorized"
-    graph_stage: bool = True
+    graph_stage: bool | None = None  # None: auto (see GRAPH_AUTO_ALGORITHMS)
     graph_max_mb: int | None = None  # None: auto
     move: bool = True
     debug: bool = False

@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 import torch
 
-from sglang_nwor_scv.config import modes
+from sglang_nwor_scv.config import GRAPH_AUTO_ALGORITHMS, modes
 from sglang_nwor_scv.nwor import StagedLayer, commit_plan
 
 logger = logging.getLogger("sglang_nwor_scv")
@@ -114,9 +114,20 @@ def budget_bytes(pool) -> int:
     return min(int(pool_bytes * _AUTO_POOL_FRACTION), _AUTO_CAP)
 
 
+def graph_staging_on(model_runner) -> bool:
+    """SGLANG_NWOR_GRAPH for this runner (``auto``: the algorithms in
+    config.GRAPH_AUTO_ALGORITHMS)."""
+    wanted = modes().graph_stage
+    if wanted is not None:
+        return wanted
+    args = getattr(model_runner, "server_args", None)
+    algo = str(getattr(args, "speculative_algorithm", None) or "").upper()
+    return algo in GRAPH_AUTO_ALGORITHMS
+
+
 def wants_capture(graph_runner) -> bool:
     """This graph runner captures target-verify buckets that staging can take."""
-    if not modes().graph_stage:
+    if not graph_staging_on(graph_runner.model_runner):
         return False
     mode = getattr(graph_runner, "capture_forward_mode", None)
     if mode is None or not mode.is_target_verify():

@@ -57,8 +57,10 @@ class RunnerState:
         if self.refusal:
             logger.warning("NWOR disabled for this model runner: %s", self.refusal)
         else:
+            from sglang_nwor_scv.graph_stage import graph_staging_on
+
             logger.info("NWOR enabled (mode=%s, SCV=%s, graph staging=%s, debug=%s)",
-                        m.nwor, m.scv, m.graph_stage, m.debug)
+                        m.nwor, m.scv, graph_staging_on(model_runner), m.debug)
 
 
 def _process_rank() -> int:

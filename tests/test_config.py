@@ -21,23 +21,29 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_defaults():
     m = config.parse({})
-    assert (m.nwor, m.scv, m.graph_stage, m.move, m.debug) == ("stage", "vectorized", True, True, False)
+    assert (m.nwor, m.scv, m.graph_stage, m.move, m.debug) == ("stage", "vectorized", None, True, False)
     assert m.graph_max_mb is None and m.log_interval == 100 and m.refusal is None
 
 
 @pytest.mark.parametrize("raw,want", [("1", True), ("TRUE", True), ("yes", True), ("On", True),
-                                      ("0", False), ("False", False), ("no", False), ("OFF", False),
-                                      ("", True)])  # empty: unset, the default (on)
+                                      ("0", False), ("False", False), ("no", False), ("OFF", False)])
 def test_booleans_accept_every_spelling(raw, want):
+    assert config.parse({"SGLANG_NWOR_MOVE": raw}).move is want
+    assert config.parse({"SGLANG_NWOR_SCV_DEBUG": raw}).debug is want
     assert config.parse({"SGLANG_NWOR_GRAPH": raw}).graph_stage is want
-    assert config.parse({"SGLANG_NWOR_SCV_DEBUG": raw}).debug is (want and raw != "")
+
+
+def test_empty_means_the_default():
+    m = config.parse({"SGLANG_NWOR_MOVE": "", "SGLANG_NWOR_SCV_DEBUG": " ", "SGLANG_NWOR_GRAPH": ""})
+    assert (m.move, m.debug, m.graph_stage) == (True, False, None)
+    assert config.parse({"SGLANG_NWOR_GRAPH": "AUTO"}).graph_stage is None
 
 
 @pytest.mark.parametrize("name,raw,message", [
     ("SGLANG_NWOR_MODE", "bogus", "SGLANG_NWOR_MODE='bogus' is not one of off, stage"),
     ("SGLANG_SCV_MODE", "fast", "SGLANG_SCV_MODE='fast' is not one of off, vectorized, graph"),
     ("SGLANG_NWOR_SCV_DEBUG", "maybe", "SGLANG_NWOR_SCV_DEBUG='maybe' is not a boolean"),
-    ("SGLANG_NWOR_GRAPH", "2", "SGLANG_NWOR_GRAPH='2' is not a boolean"),
+    ("SGLANG_NWOR_GRAPH", "2", "SGLANG_NWOR_GRAPH='2' is not auto or a boolean"),
     ("SGLANG_NWOR_MOVE", "enabled", "SGLANG_NWOR_MOVE='enabled' is not a boolean"),
     ("SGLANG_NWOR_SCV_LOG_INTERVAL", "abc", "SGLANG_NWOR_SCV_LOG_INTERVAL='abc' is not an integer >= 1"),
     ("SGLANG_NWOR_SCV_LOG_INTERVAL", "0", "SGLANG_NWOR_SCV_LOG_INTERVAL='0' is not an integer >= 1"),

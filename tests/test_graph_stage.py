@@ -35,14 +35,15 @@ def _env(monkeypatch):
     config.modes.cache_clear()
 
 
-def _runner():
+def _runner(algorithm="NGRAM"):
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
     pool = MHATokenToKVPool(size=256, page_size=1, dtype=torch.float32, head_num=HEADS,
                             head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False)
     for buf in [*pool.k_buffer, *pool.v_buffer]:
         buf.fill_(-7.0)
-    return SimpleNamespace(attn_backend=SimpleNamespace(token_to_kv_pool=pool), token_to_kv_pool=pool)
+    return SimpleNamespace(attn_backend=SimpleNamespace(token_to_kv_pool=pool), token_to_kv_pool=pool,
+                           server_args=SimpleNamespace(speculative_algorithm=algorithm))
 
 
 def _graph_runner(runner):
@@ -122,6 +123,16 @@ def test_bucket_over_budget_keeps_upstream_writes(monkeypatch):
     st = state.runner_state(runner)
     assert 8 not in st.graph.buckets and st.graph.skipped[8] > 0
     assert "keep upstream KV writes" in graph_stage.summary(st.graph)
+
+
+@pytest.mark.parametrize("algorithm,switch,staged", [("NGRAM", "auto", True), ("EAGLE", "auto", False),
+                                                     ("STANDALONE", "auto", False), ("EAGLE3", "1", True)])
+def test_auto_stages_the_algorithms_verified_on_a_gpu(monkeypatch, algorithm, switch, staged):
+    monkeypatch.setenv("SGLANG_NWOR_GRAPH", switch)
+    config.modes.cache_clear()
+    runner = _runner(algorithm)
+    assert any(_capture_bucket(monkeypatch, runner, 4, _qkv(4 * N, seed=5))) is staged
+    assert (4 in state.runner_state(runner).graph.buckets) is staged
 
 
 def test_graph_staging_off_switch(monkeypatch):

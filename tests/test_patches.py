@@ -300,6 +300,22 @@ def test_missing_tree_or_package(tmp_path):
     assert r.returncode == 2 and "Usage" in r.stderr
 
 
+def test_help_exits_zero_on_stdout():
+    r = subprocess.run(["bash", str(APPLY), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage" in r.stdout and not r.stderr
+
+
+@pytest.mark.parametrize("flags", [("--check", "--reverse"), ("--reverse", "--status"),
+                                   ("--status", "--check")])
+def test_contradictory_flags_are_refused_and_change_nothing(tree, flags):
+    assert apply(tree).returncode == 0  # an applied tree: --reverse would change it
+    before = tree_hash(tree)
+    r = apply(tree, *flags)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{flags[0]} and {flags[1]} cannot be combined" in r.stderr
+    assert tree_hash(tree) == before
+
+
 # ------------------------------------------------------------------ adapters vs sources
 def _defined(path: Path, qualname: list[str]) -> bool:
     body = ast.parse(path.read_text()).body

@@ -10,6 +10,8 @@
 #   --check        only say whether the series would apply (or is applied); change nothing
 #   --reverse      remove the series again, restoring the files byte for byte
 #   --status       print applied / not-applied / conflict for every patch, then the tree state
+#   -h, --help     print this text (exit 0)
+# At most one of --check, --reverse, --status (two different ones are refused, exit 2).
 #
 # The upstream version is read from sglang/version.py (a literal __version__), else
 # sglang/_version.py (what release wheels and builds generate), else the adjacent
@@ -40,20 +42,33 @@ die() {
 }
 say() { echo "$PROG: $*"; }
 
-usage() {
-  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-  exit 2
+usage() {  # usage [exit status]: 0 (asked for with --help) prints to stdout
+  local code=${1:-2}
+  if [ "$code" = 0 ]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+  else
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  fi
+  exit "$code"
 }
 
 # ------------------------------------------------------------------ arguments
 MODE=apply
+MODE_FLAG=""
 TREE=""
+set_mode() {  # one of --check / --reverse / --status: two different ones contradict
+  if [ -n "$MODE_FLAG" ] && [ "$MODE_FLAG" != "$1" ]; then
+    echo "$PROG: $MODE_FLAG and $1 cannot be combined (one of --check, --reverse, --status)" >&2
+    exit 2
+  fi
+  MODE_FLAG=$1 MODE=$2
+}
 for arg in "$@"; do
   case "$arg" in
-    --check) MODE=check ;;
-    --reverse) MODE=reverse ;;
-    --status) MODE=status ;;
-    -h | --help) usage ;;
+    --check) set_mode "$arg" check ;;
+    --reverse) set_mode "$arg" reverse ;;
+    --status) set_mode "$arg" status ;;
+    -h | --help) usage 0 ;;
     -*) echo "$PROG: unknown option $arg" >&2; usage ;;
     *)
       [ -z "$TREE" ] || { echo "$PROG: more than one tree given" >&2; usage; }
