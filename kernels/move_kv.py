@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .commit_kv import _to_device_async  # host table -> device, no host sync
+
 _TILE_BYTES = 512  # bytes of one row a program moves (x its request's accepted rows)
 
 
@@ -115,13 +117,6 @@ def _move_accepted_kv_kernel(
 # ---------------------------------------------------------------- host side
 _WORDS = ((8, torch.int64, tl.int64), (4, torch.int32, tl.int32), (2, torch.int16, tl.int16),
           (1, torch.uint8, tl.uint8))
-
-
-def _to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host table -> device without a host sync (pinned + non_blocking on CUDA)."""
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 class KVMovePlan:

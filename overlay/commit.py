@@ -58,7 +58,9 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
     if m.per_step:
         st.pending += counter
         with sync_check.allowed():  # these modes sync on purpose
-            slots = dst if window is None else _slots(dst, window)
+            from sglang_nwor_scv.kernels.commit_list import slots_from_positions_ref
+
+            slots = dst if window is None else slots_from_positions_ref(dst, window)
             _step_record(st, stage, counter, accept_lens, src, slots, made is not None, m)
     st.debug_snapshot = None
     if st.steps % m.log_interval == 0:
@@ -68,11 +70,6 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
 def _same_window(a, b) -> bool:
     """The batch's window is the staged one (the same tensor, or a view of the same slots)."""
     return a is b or (a.shape == b.shape and a.data_ptr() == b.data_ptr())
-
-
-def _slots(pos, window):
-    """Window positions -> KV slots (-1 stays -1); debug and step-log mode only."""
-    return torch.where(pos >= 0, window.to(torch.int64)[pos.clamp(min=0)], -1)
 
 
 def _step_record(st: RunnerState, stage, counter, accept_lens, src, dst, scv_list: bool, m) -> None:
