@@ -115,8 +115,7 @@ def _move_accepted_kv_kernel(
 
 
 # ---------------------------------------------------------------- host side
-_WORDS = ((8, torch.int64, tl.int64), (4, torch.int32, tl.int32), (2, torch.int16, tl.int16),
-          (1, torch.uint8, tl.uint8))
+_WORDS = ((8, tl.int64), (4, tl.int32), (2, tl.int16), (1, tl.uint8))  # bytes, word moved
 
 
 class KVMovePlan:
@@ -140,7 +139,7 @@ class KVMovePlan:
             if x.device != device:
                 raise ValueError(f"buffers[{j}] is on {x.device}, buffers[0] on {device}")
             row_bytes.append(x[0].numel() * x.element_size())
-        size, _, self._word = next(w for w in _WORDS if all(r % w[0] == 0 for r in row_bytes))
+        size, self._word = next(w for w in _WORDS if all(r % w[0] == 0 for r in row_bytes))
         words = [r // size for r in row_bytes]
         self.ptr_table = _to_device_async(
             torch.tensor([x.data_ptr() for x in buffers], dtype=torch.int64), device)

@@ -105,13 +105,12 @@ def capturing() -> bool:
     return cap is not None and _decide(cap) is not False
 
 
-def budget_bytes(pool) -> int:
+def budget_bytes(kv_pool_bytes: int) -> int:
     """The largest staged-K/V footprint a bucket may hold (see the module docstring)."""
     mb = modes().graph_max_mb
     if mb is not None:
         return mb * _MIB
-    pool_bytes = sum(b.numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
-    return min(int(pool_bytes * _AUTO_POOL_FRACTION), _AUTO_CAP)
+    return min(int(kv_pool_bytes * _AUTO_POOL_FRACTION), _AUTO_CAP)
 
 
 def graph_staging_on(model_runner) -> bool:
@@ -142,7 +141,7 @@ def begin_capture(graph_runner, size, state):
         return None
     pool = graph_runner.model_runner.token_to_kv_pool
     if state.graph.budget_bytes is None:
-        state.graph.budget_bytes = budget_bytes(pool)
+        state.graph.budget_bytes = budget_bytes(state.kv_pool_bytes)
     budget = state.graph.budget_bytes
     if torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
