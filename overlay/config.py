@@ -25,10 +25,11 @@ logger = logging.getLogger("sglang_nwor_scv")
 
 NWOR_MODES = ("off", "stage")
 # SGLANG_NWOR_GRAPH=auto stages CUDA-graph verify buckets for these algorithms: the ones
-# whose graph path ran on a GPU with outputs identical and every debug check held (H100,
-# 2026-11-29, run 18). EAGLE/EAGLE3/STANDALONE share the graph pool with their draft
-# graphs and have not run that way yet: they stage graph steps with SGLANG_NWOR_GRAPH=1.
-GRAPH_AUTO_ALGORITHMS = frozenset({"NGRAM"})
+# whose graph path ran on a GPU with outputs identical and every debug check held: NGRAM
+# tree and chain (H100, run 18), STANDALONE topk 1 and 2 and EAGLE3 topk 2 (H200, run 21).
+# EAGLE runs EAGLE3's worker and target verify graph (EAGLE3 adds aux hidden states on the
+# draft side only). Any other algorithm keeps upstream's KV writes in graph steps.
+GRAPH_AUTO_ALGORITHMS = frozenset({"NGRAM", "STANDALONE", "EAGLE", "EAGLE3"})
 SCV_MODES = ("off", "vectorized", "graph")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -126,7 +127,7 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_NWOR_GRAPH", "graph_stage", "`auto`, boolean", "auto",
            "also stage CUDA-graph verify steps (buckets within `SGLANG_NWOR_GRAPH_MAX_MB`); "
            "`auto`: for the algorithms whose graph path has run on a GPU with every check "
-           "(NGRAM), others need `1`", _auto_bool),
+           "(NGRAM, STANDALONE, EAGLE, EAGLE3)", _auto_bool),
     Switch("SGLANG_NWOR_GRAPH_MAX_MB", "graph_max_mb", "`auto`, MiB", "auto",
            "largest verify-graph bucket staged: its K/V held at most this many MiB "
            "(`auto`: 1% of the KV pool, at most 1024)", _int(0, auto=True)),

@@ -125,8 +125,10 @@ def test_bucket_over_budget_keeps_upstream_writes(monkeypatch):
     assert "keep upstream KV writes" in graph_stage.summary(st.graph)
 
 
-@pytest.mark.parametrize("algorithm,switch,staged", [("NGRAM", "auto", True), ("EAGLE", "auto", False),
-                                                     ("STANDALONE", "auto", False), ("EAGLE3", "1", True)])
+@pytest.mark.parametrize("algorithm,switch,staged", [
+    ("NGRAM", "auto", True), ("EAGLE", "auto", True), ("EAGLE3", "auto", True),
+    ("STANDALONE", "auto", True), ("LOOKAHEAD", "auto", False), ("LOOKAHEAD", "1", True),
+    ("EAGLE3", "0", False)])
 def test_auto_stages_the_algorithms_verified_on_a_gpu(monkeypatch, algorithm, switch, staged):
     monkeypatch.setenv("SGLANG_NWOR_GRAPH", switch)
     config.modes.cache_clear()

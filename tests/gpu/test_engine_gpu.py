@@ -19,7 +19,7 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from tools.engine_run import run_engine  # noqa: E402
+from tools.engine_run import SPEC_CONFIGS, run_engine  # noqa: E402
 from tools.make_tiny_models import encode  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine]
@@ -32,6 +32,14 @@ SPECS = os.environ.get("NWOR_SCV_GPU_SPECS",
 
 
 _upstream_runs: dict = {}
+
+
+def _graph_env(algorithm: str) -> dict:
+    """Graph staging for ``algorithm``: the default where SGLANG_NWOR_GRAPH=auto stages
+    it, else forced on (=1), so the staged graph path is what every graph test checks."""
+    from sglang_nwor_scv.config import GRAPH_AUTO_ALGORITHMS
+
+    return {} if algorithm in GRAPH_AUTO_ALGORITHMS else {"SGLANG_NWOR_GRAPH": "1"}
 
 
 def _upstream(spec, models, prompts, **kw):
@@ -60,8 +68,9 @@ def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     if graphs:
         kw["cuda_graph_max_bs_decode"] = 8  # capture few buckets: start-up time
     off = _upstream(spec, tiny_models, prompts, max_new_tokens=48, **kw)
-    on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, **kw)
-    print("IDENTITY", spec, "graphs" if graphs else "eager", "identical", off.outputs == on.outputs,
+    env = _graph_env(SPEC_CONFIGS[spec]["speculative_algorithm"]) if graphs else {}
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, extra_env=env, **kw)
+    print("IDENTITY", spec, "graphs" if graphs else "eager", env or "defaults", "identical", off.outputs == on.outputs,
           "steps", len(on.steps), "staged", sum(s["staged"] for s in on.steps), "committed",
           sum(s["committed"] for s in on.steps), flush=True)
     assert off.outputs == on.outputs
@@ -98,11 +107,13 @@ def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
               cuda_graph_max_bs_decode=8, max_running_requests=8)
     env = {"SGLANG_SIMULATE_ACC_LEN": "2.5"}
     off = run_engine("ngram-tree", tmp_path, prompts, plugin_on=False, max_new_tokens=32, extra_env=env, **kw)
-    on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=32, extra_env=env, **kw)
-    print("EAGLE3", "identical", off.outputs == on.outputs, "steps", len(on.steps), "staged",
+    on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=32,
+                    extra_env={**env, **_graph_env("EAGLE3")}, **kw)
+    print("EAGLE3", _graph_env("EAGLE3") or "defaults", "identical", off.outputs == on.outputs, "steps", len(on.steps), "staged",
           sum(s["staged"] for s in on.steps), "committed", sum(s["committed"] for s in on.steps), flush=True)
     assert off.outputs == on.outputs
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps)
+    assert all(s["graph"] for s in on.steps), "verify steps not replayed from staged buckets"
 
 
 @pytest.mark.skipif(os.environ.get("NWOR_SCV_GPU_REALISTIC", "1") == "0", reason="disabled")
