@@ -150,6 +150,9 @@ SWITCHES: tuple[Switch, ...] = (
            "limit the profiler window to these batch sizes", _int_set),
     Switch("SGLANG_NWOR_SCV_PROFILE_LOG", "profile_log", "path", None,
            "append one JSON line per profiled step (batch size, index, time)", _text),
+    Switch("SGLANG_NWOR_SCV_PHASES", "phases_path", "path", None,
+           "host time per scheduler-step phase as JSON (plugin `nwor_scv_phases`; "
+           "tools/measure_latency.py)", _text),
     Switch("SGLANG_NWOR_SCV_SYNC_CHECK", "sync_check", "boolean", "0",
            "count (and log where) host syncs happen inside the plugin's sites", _bool),
     Switch("SGLANG_NWOR_SCV_FORCE_VERSION", "force_version", "a supported version", None,
@@ -172,6 +175,7 @@ class Modes:
     profile_steps: tuple[int, int] | None = None
     profile_bs: frozenset[int] | None = None
     profile_log: str | None = None
+    phases_path: str | None = None
     sync_check: bool = False
     force_version: str | None = None
     refusal: str | None = None  # set on STEP_ASIDE: why every feature is off

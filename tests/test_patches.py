@@ -346,6 +346,7 @@ def test_adapter_targets_exist_in_source(upstream, version):
     adapter = importlib.import_module(f"sglang_nwor_scv.adapters.{versions.SUPPORTED[version]}")
     assert adapter.VERSION == version
     targets = dict(adapter.TARGETS)
+    targets.update({f"phase {k}": v for k, v in adapter.PHASES.items()})
     targets.update({k: v for k, v in vars(adapter).items()
                     if k.isupper() and isinstance(v, str) and v.startswith("sglang.")})
     assert targets

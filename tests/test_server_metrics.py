@@ -3,37 +3,14 @@ values match the engine's own accept counts."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
-import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from tools.engine_run import prepare_process_env, restore_env, server_cli
+from tools.engine_run import Server, engine_kwargs
 from tools.make_tiny_models import encode
 
 pytestmark = pytest.mark.engine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read())
 
 
 def _metric(text: str, name: str) -> float:
@@ -44,35 +21,16 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_metrics_on_real_server(tiny_models, tmp_path):
-    port = _free_port()
-    old = prepare_process_env(plugin_on=True, extra_env={"SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
-    log = open(tmp_path / "server.log", "w")
+    server = Server(engine_kwargs("ngram-tree", tiny_models, enable_metrics=True, skip_server_warmup=True),
+                    plugin_on=True, env={"SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, log=tmp_path / "server.log")
     try:
-        proc = subprocess.Popen(
-            server_cli("ngram-tree", tiny_models, port, enable_metrics=True,
-                       skip_server_warmup=True),
-            stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        restore_env(old)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                _get(base + "/health")
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail("server did not start:\n" + (tmp_path / "server.log").read_text()[-4000:])
-                time.sleep(2)
-        outs = [_post(base + "/generate", {"input_ids": encode(p), "sampling_params":
-                                           {"temperature": 0, "max_new_tokens": 20}})
+        server.wait_ready(600)
+        outs = [server.post("/generate", {"input_ids": encode(p), "sampling_params":
+                                          {"temperature": 0, "max_new_tokens": 20}})
                 for p in ("The old miller watched", "Seven stones")]
-        text = _get(base + "/metrics")
+        text = server.get("/metrics")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        server.stop()
     accepted = sum(o["meta_info"]["spec_verify_ct"] + o["meta_info"]["spec_num_correct_drafts"]
                    for o in outs)
     staged = _metric(text, "sglang:nwor_tokens_staged_total")

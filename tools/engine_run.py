@@ -43,14 +43,18 @@ def has_cuda() -> bool:
 
 
 def prepare_process_env(plugin_on: bool, extra_env: dict | None = None,
-                        extra_pythonpath: tuple[str, ...] = ()) -> dict:
+                        extra_pythonpath: tuple[str, ...] = (),
+                        extra_plugins: tuple[str, ...] = ()) -> dict:
     """Set the environment the engine's subprocesses inherit; returns the old values.
+
+    ``extra_plugins``: more plugin names for SGLang's whitelist (e.g. the phase clocks,
+    ``nwor_scv_phases``, which run with the NWOR/SCV plugin on or off).
 
     ``extra_pythonpath`` goes first on PYTHONPATH and on ``sys.path`` (spawned
     processes start from the parent's ``sys.path``); ``run_engine`` takes it off
     ``sys.path`` again."""
     cpu = not has_cuda()
-    names = ([SHIM_PLUGIN_NAME] if cpu else []) + ([PLUGIN_NAME] if plugin_on else [])
+    names = ([SHIM_PLUGIN_NAME] if cpu else []) + ([PLUGIN_NAME] if plugin_on else []) + list(extra_plugins)
     env = {"SGLANG_PLUGINS": ",".join(names) or "none"}
     if cpu:
         env["TRITON_INTERPRET"] = "1"
@@ -144,14 +148,83 @@ def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: 
                      [o["meta_info"] for o in out], steps)
 
 
-def server_cli(spec: str, models: Path, port: int, **overrides) -> list[str]:
-    """``python -m sglang.launch_server`` arguments for the same configuration."""
+def server_cli_from_kwargs(kw: dict, port: int) -> list[str]:
+    """``sglang.Engine`` keyword arguments as ``launch_server`` flags (loopback only)."""
     args = [sys.executable, "-m", "sglang.launch_server", "--port", str(port),
             "--host", "127.0.0.1"]
-    for key, value in engine_kwargs(spec, models, **overrides).items():
+    for key, value in kw.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
         elif value is not False and value is not None:
             args += [flag, str(value)]
     return args
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``launch_server`` child on loopback: its own process, so several configurations
+    can stay resident side by side (one process's SGLang globals hold one config)."""
+
+    def __init__(self, kw: dict, plugin_on: bool, env: dict, log: Path,
+                 extra_plugins: tuple[str, ...] = ()):
+        import subprocess
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = open(log, "w")
+        old = prepare_process_env(plugin_on, env, extra_plugins=extra_plugins)
+        try:
+            self.proc = subprocess.Popen(server_cli_from_kwargs(kw, self.port),
+                                         stdout=self._log, stderr=subprocess.STDOUT)
+        finally:
+            restore_env(old)
+
+    def get(self, path: str, timeout: float = 5.0) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+            return r.read().decode()
+
+    def post(self, path: str, body: dict, timeout: float = 900.0):
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until /health answers; raises with the log's tail if the server died or hung."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get("/health")
+                return
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self._log.flush()
+                    raise RuntimeError(f"server did not start (rc {self.proc.poll()}):\n"
+                                       + self.log_path.read_text()[-4000:]) from None
+                time.sleep(1)
+
+    def generate(self, input_ids: list[list[int]], params: dict) -> list[dict]:
+        return self.post("/generate", {"input_ids": input_ids, "sampling_params": params})
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except Exception:
+            self.proc.kill()
+        self._log.close()

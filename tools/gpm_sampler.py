@@ -26,7 +26,7 @@ import threading
 import time
 
 # metric name -> NVML_GPM_METRIC_* id (stable NVML numbering; see nvml.h)
-METRICS = {"dram_bw_util_pct": 10, "sm_util_pct": 2, "sm_occupancy_pct": 3}
+METRICS = {"graphics_active_pct": 1, "dram_bw_util_pct": 10, "sm_util_pct": 2, "sm_occupancy_pct": 3}
 MIN_INTERVAL_S = 0.1  # NVML: GPM samples must be more than 100 ms apart
 
 

@@ -19,6 +19,7 @@ features via the plugin's switches; each name runs different code):
 | move                   | yes    | NWOR and SCV off: the one-launch move alone            |
 | nwor                   | yes    | SCV off                                                |
 | scv                    | yes    | NWOR and the move off                                  |
+| no-spec                | no     | plain decoding (speculative arguments dropped)         |
 
 ``off`` and ``nwor+scv`` (and measure_ncu's ``nwor_*_scv_*``) are read as aliases of
 ``upstream`` and ``default`` in stored runs. Results are appended to OUT/sweep.json and
@@ -56,7 +57,9 @@ MODES = {  # name -> (plugin loaded, environment)
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off"}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off"}),
     "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off"}),
+    "no-spec": (False, {}),  # plain decoding: no speculative algorithm, no plugin
 }
+PLAIN_DECODING = frozenset({"no-spec"})
 ALIASES = {"off": "upstream", "nwor+scv": "default", "nwor_off_scv_off": "upstream",
            "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default"}
 
@@ -92,7 +95,7 @@ def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
     return plugin_on, env
 
 
-def build_engine_kwargs(args, spec: str, model_dir: Path) -> dict:
+def build_engine_kwargs(args, spec: str, model_dir: Path, mode: str | None = None) -> dict:
     if args.model == "tiny":
         kw = engine_kwargs(spec, model_dir)
         if has_cuda():
@@ -103,6 +106,8 @@ def build_engine_kwargs(args, spec: str, model_dir: Path) -> dict:
         for key in SPEC_CONFIGS["ngram-tree"]:
             kw.pop(key, None)
         kw.update(REALISTIC_SPECS[spec])
+    if mode in PLAIN_DECODING:
+        kw = {k: v for k, v in kw.items() if not k.startswith("speculative_")}
     kw.update(max_running_requests=max(args.bs + [args.profile_bs]), log_level="error")
     if has_cuda():
         kw["disable_cuda_graph"] = not args.graphs
@@ -151,7 +156,7 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
     points, profiles = [], []
     t_start = time.perf_counter()
     try:
-        engine = sgl.Engine(**build_engine_kwargs(args, spec, model_dir))
+        engine = sgl.Engine(**build_engine_kwargs(args, spec, model_dir, mode))
         start_s = time.perf_counter() - t_start
         vocab = 260 if args.model == "tiny" else 128256
         try:

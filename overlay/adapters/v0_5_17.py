@@ -13,3 +13,6 @@ TARGETS = {
     # (0.5.23 moved it to sglang.kernels.ops.speculative.spec_tree).
     "verify_greedy": "sglang.srt.speculative.eagle_utils.verify_tree_greedy_func",
 }
+
+PHASES = v0_5_23.PHASES  # the same names and places in 0.5.17
+

@@ -38,3 +38,29 @@ TARGETS = {
                       "DecodeCudaGraphRunner.capture_one_shape"),
     "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
 }
+
+# Phase clocks (sglang_nwor_scv.phases, entry point nwor_scv_phases): name -> target. Host
+# time only; nested phases are subtracted from their parent's self time. loop.* are the
+# scheduler loop's parts (loop.recv starts an iteration); spec.* the speculative
+# worker's, NGRAM and the EAGLE v2 worker (EAGLE, EAGLE3, STANDALONE).
+_spec = "sglang.srt.speculative."
+PHASES = {
+    "loop.recv": ("sglang.srt.managers.scheduler_components.request_receiver."
+                  "SchedulerRequestReceiver.recv_requests"),
+    "loop.input": "sglang.srt.managers.scheduler.Scheduler.process_input_requests",
+    "loop.schedule": "sglang.srt.managers.scheduler.Scheduler.get_next_batch_to_run",
+    "loop.run_batch": "sglang.srt.managers.scheduler.Scheduler.run_batch",
+    "loop.output": "sglang.srt.managers.scheduler.Scheduler.process_batch_result",
+    "spec.ngram.worker": _spec + "ngram_worker.NGRAMWorker.forward_batch_generation",
+    "spec.ngram.draft": _spec + "ngram_worker.NGRAMWorker._prepare_for_speculative_decoding",
+    "spec.ngram.corpus": _spec + "ngram_worker.NGRAMWorker._update_ngram_corpus",
+    "spec.eagle.worker": _spec + "eagle_worker_v2.EAGLEWorkerV2.forward_batch_generation",
+    "spec.eagle.draft": _spec + "eagle_worker_v2.EagleDraftWorker.draft",
+    "spec.eagle.draft_extend": _spec + "eagle_worker_v2.EagleDraftWorker._draft_extend_for_decode",
+    "spec.eagle.verify": _spec + "eagle_worker_v2.EAGLEWorkerV2.verify",
+    "forward.worker": "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation",
+    "forward.model": TARGETS["model_forward"],
+    "spec.accept": _spec + "eagle_utils.eagle_sample",
+    "spec.commit": TARGETS["after_accept"],
+    "spec.kv_move": TARGETS["accept_move"],
+}

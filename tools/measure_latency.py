@@ -1,0 +1,371 @@
+"""Steady-state latency per verify step, interleaved across modes, with 95% CIs and
+host time per phase.
+
+Every mode's engine is started once and stays resident; then, for each repeat and batch
+size, the modes take turns (the order rotates each repeat) running one timed batch of
+``--tokens`` output tokens (``ignore_eos``, hundreds of verify steps). Modes come from
+tools/measure_engine.py's vocabulary, plus ``no-spec`` (plain decoding, the plugin not
+loaded). Every engine, upstream ones included, loads the phase-clock plugin
+(sglang_nwor_scv.phases), so host time per scheduler-step phase is measured the same
+way in every mode; NVML GPM samples graphics-engine activity over each timed batch.
+
+Per point (mode, bs): median ms per verify step (decode step for ``no-spec``) and per
+output token, a bootstrap 95% CI of the median, and for each baseline the paired
+relative difference (same repeat round) with its bootstrap 95% CI; a difference is
+called only when its CI excludes 0.
+
+    python tools/measure_latency.py --out OUT --layers 32 --spec ngram-tree \\
+        --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 --repeats 5
+
+Writes OUT/latency.json and OUT/latency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.engine_run import REPO, Server, has_cuda  # noqa: E402
+from tools.measure_engine import (  # noqa: E402
+    PLAIN_DECODING,
+    build_engine_kwargs,
+    card,
+    mode_env,
+    mode_name,
+    prompts_for,
+)
+
+PHASE_PLUGIN = "nwor_scv_phases"
+BASELINES = ("plugin-off", "plugin-off-native-move")
+
+
+# ---------------------------------------------------------------- statistics
+def bootstrap_ci(values: list[float], stat=statistics.median, n: int = 4000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of ``stat`` over ``values``."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    k = len(values)
+    draws = sorted(stat([values[rng.randrange(k)] for _ in range(k)]) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+
+
+def paired_difference(mode_runs: dict[int, float], base_runs: dict[int, float]) -> dict | None:
+    """Relative difference (mode - base) / base per repeat round, its median and CI."""
+    rounds = sorted(set(mode_runs) & set(base_runs))
+    diffs = [(mode_runs[r] - base_runs[r]) / base_runs[r] for r in rounds]
+    if not diffs:
+        return None
+    lo, hi = bootstrap_ci(diffs)
+    return {"median": statistics.median(diffs), "ci95": [lo, hi], "n": len(diffs),
+            "called": lo > 0 or hi < 0}
+
+
+# ---------------------------------------------------------------- phase clocks
+def read_phases(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"flushes": 0, "phases": {}}
+
+
+def wait_flush(path: Path, after: int, timeout: float = 5.0) -> dict:
+    """The phase totals once the scheduler has written them after the last batch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = read_phases(path)
+        if data.get("flushes", 0) > after or time.monotonic() > deadline:
+            return data
+        time.sleep(0.02)
+
+
+def phase_delta(before: dict, after: dict) -> dict:
+    """Per busy scheduler iteration: µs inclusive / self and calls per iteration."""
+    b, a = before.get("phases", {}), after.get("phases", {})
+    iters = a.get("loop.iteration", {}).get("calls", 0) - b.get("loop.iteration", {}).get("calls", 0)
+    if iters <= 0:
+        return {}
+    out = {"iterations": iters}
+    for name, row in a.items():
+        old = b.get(name, {"calls": 0, "ns": 0, "self_ns": 0})
+        calls = row["calls"] - old["calls"]
+        if calls:
+            out[name] = {"us": (row["ns"] - old["ns"]) / iters / 1e3,
+                         "self_us": (row["self_ns"] - old["self_ns"]) / iters / 1e3,
+                         "calls": calls / iters}
+    return out
+
+
+# ---------------------------------------------------------------- engines
+class Resident:
+    """One mode's server (``launch_server`` on loopback, its own process: SGLang keeps one
+    configuration per process), started once; its phase file and environment recorded."""
+
+    def __init__(self, args, mode: str, model_dir: Path):
+        self.mode = mode
+        self.phases = args.out / f"phases_{mode}.json"
+        self.phases.unlink(missing_ok=True)
+        totals = args.out / f"totals_{mode}.json"
+        plugin_on, env = mode_env(mode, True, totals)
+        env.pop("SGLANG_NWOR_SCV_PROFILE", None)  # NVTX ranges: not in a latency run
+        env.pop("SGLANG_NWOR_SCV_LOG_INTERVAL", None)  # flush at the default interval, as served
+        env["SGLANG_NWOR_SCV_PHASES"] = str(self.phases)
+        if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
+            env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
+        kw = build_engine_kwargs(args, args.spec, model_dir, mode)
+        kw.update(skip_server_warmup=True, log_level="warning")
+        if has_cuda() and len(args.modes) > 1:  # several servers share the card
+            kw.update(mem_fraction_static=0.9,
+                      max_total_tokens=max(args.bs) * (args.prompt_len + args.tokens + 64))
+        self.t0 = time.perf_counter()
+        self.server = Server(kw, plugin_on, env, args.out / f"server_{mode}.log",
+                             extra_plugins=(PHASE_PLUGIN,))
+        self.start_s = None
+        self.env = env
+
+    def wait_ready(self, timeout: float) -> None:
+        self.server.wait_ready(timeout)
+        self.start_s = time.perf_counter() - self.t0
+
+    def generate(self, prompts, params):
+        return self.server.generate(prompts, params)
+
+    def shutdown(self):
+        self.server.stop()
+
+
+def timed(args, res: Resident, bs: int, seed: int, vocab: int) -> dict:
+    from tools.gpm_sampler import GpmSampler
+
+    params = {"temperature": 0.0, "max_new_tokens": args.tokens, "ignore_eos": True}
+    prompts = prompts_for(bs, args.prompt_len, vocab, seed)
+    before = read_phases(res.phases)
+    sampler = GpmSampler() if args.gpm and has_cuda() else None
+    t0 = time.perf_counter()
+    if sampler is not None:
+        with sampler:
+            out = res.generate(prompts, params)
+    else:
+        out = res.generate(prompts, params)
+    wall = time.perf_counter() - t0
+    after = wait_flush(res.phases, before.get("flushes", 0))
+    tokens = max(o["meta_info"]["completion_tokens"] for o in out)
+    verify = max(o["meta_info"].get("spec_verify_ct", 0) for o in out)
+    steps = verify if res.mode not in PLAIN_DECODING else tokens
+    gpm = sampler.summary() if sampler is not None else None
+    return {"mode": res.mode, "bs": bs, "wall_s": wall, "tokens_per_request": tokens,
+            "steps": steps, "ms_per_step": 1e3 * wall / max(steps, 1),
+            "ms_per_token": 1e3 * wall / max(tokens, 1),
+            "accept_length": tokens / verify if verify else None,
+            "gpu_active": _gpm_mean(gpm, "graphics_active"), "gpm": gpm,
+            "phases": phase_delta(before, after)}
+
+
+def _gpm_mean(gpm: dict | None, key: str) -> float | None:
+    if not gpm:
+        return None
+    for name, stats in gpm.items():
+        if key in name and isinstance(stats, dict) and "mean" in stats:
+            return stats["mean"]
+    return None
+
+
+# ---------------------------------------------------------------- summary
+def summarize(runs: list[dict], modes: list[str], bs_list: list[int]) -> list[dict]:
+    points = []
+    for bs in bs_list:
+        by_mode = {m: {r["repeat"]: r for r in runs if r["mode"] == m and r["bs"] == bs}
+                   for m in modes}
+        for m in modes:
+            mine = by_mode[m]
+            if not mine:
+                continue
+            step = [r["ms_per_step"] for r in mine.values()]
+            tok = [r["ms_per_token"] for r in mine.values()]
+            p = {"mode": m, "bs": bs, "n": len(step),
+                 "ms_per_step": statistics.median(step), "ms_per_step_ci95": bootstrap_ci(step),
+                 "ms_per_token": statistics.median(tok), "ms_per_token_ci95": bootstrap_ci(tok),
+                 "tokens_per_s": bs * 1e3 / statistics.median(tok),
+                 "gpu_active": _median([r["gpu_active"] for r in mine.values()]),
+                 "phases_us": _median_phases([r["phases"] for r in mine.values()])}
+            lo, hi = p["ms_per_step_ci95"]
+            p["ci_width_pct"] = 100 * (hi - lo) / p["ms_per_step"]
+            for base in (*BASELINES, "no-spec"):
+                if base == m or not by_mode.get(base):
+                    continue
+                key = "ms_per_token" if "no-spec" in (m, base) else "ms_per_step"
+                p[f"vs_{base}"] = paired_difference({k: r[key] for k, r in mine.items()},
+                                                    {k: r[key] for k, r in by_mode[base].items()})
+                p[f"vs_{base}"]["metric"] = key
+            points.append(p)
+    return points
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _median_phases(rows: list[dict]) -> dict:
+    names = sorted({k for r in rows for k in r if k != "iterations"})
+    return {n: {"us": _median([r[n]["us"] for r in rows if n in r]),
+                "self_us": _median([r[n]["self_us"] for r in rows if n in r])} for n in names}
+
+
+def markdown(meta: dict, points: list[dict]) -> str:
+    lines = [f"# Latency per verify step, interleaved ({meta['card']})", "",
+             f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats per point, modes "
+             f"interleaved (rotating order), {meta['tokens']} output tokens per request, "
+             f"greedy; acceptance: {meta['acceptance']}. Versions: {meta['versions']}.",
+             f"Command: `{meta['command']}`", "",
+             *[f"- **{m} did not start**: `{e.splitlines()[-1][:200] if e else ''}`"
+               for m, e in meta.get("errors", {}).items()],
+             "Median ms per verify step (decode step for `no-spec`) with its bootstrap 95% CI; "
+             "differences are paired per repeat round, median and 95% CI; **bold** when the CI "
+             "excludes 0. Host µs per busy scheduler iteration from the phase clocks.", "",
+             "| bs | mode | ms/step [95% CI] | CI width | ms/token | tok/s | GPU active | "
+             "vs plugin-off | vs native move | vs no-spec (per token) | host µs/iter | run_batch µs | "
+             "output µs | schedule µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        ph = p["phases_us"]
+        lo, hi = p["ms_per_step_ci95"]
+        lines.append("| " + " | ".join([
+            str(p["bs"]), f"`{p['mode']}`", f"{p['ms_per_step']:.2f} [{lo:.2f}, {hi:.2f}]",
+            f"{p['ci_width_pct']:.1f}%", f"{p['ms_per_token']:.3f}", f"{p['tokens_per_s']:.0f}",
+            "–" if p["gpu_active"] is None else f"{p['gpu_active']:.0f}%",
+            _diff(p.get("vs_plugin-off")), _diff(p.get("vs_plugin-off-native-move")),
+            _diff(p.get("vs_no-spec")),
+            _us(ph, "loop.iteration"), _us(ph, "loop.run_batch"), _us(ph, "loop.output"),
+            _us(ph, "loop.schedule")]) + " |")
+    lines += ["", "## Host time per busy scheduler iteration, by phase (µs, median over repeats)", ""]
+    modes = list(dict.fromkeys(p["mode"] for p in points))
+    for bs in sorted({p["bs"] for p in points}):
+        rows = {p["mode"]: p["phases_us"] for p in points if p["bs"] == bs}
+        names = sorted({n for r in rows.values() for n in r})
+        lines += [f"### bs {bs}", "", "| phase | " + " | ".join(f"`{m}` incl / self" for m in modes) + " |",
+                  "|---|" + "---|" * len(modes)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(
+                f"{rows[m][n]['us']:.0f} / {rows[m][n]['self_us']:.0f}" if m in rows and n in rows[m]
+                else "–" for m in modes) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _diff(d):
+    if not d:
+        return "–"
+    lo, hi = d["ci95"]
+    text = f"{100 * d['median']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"**{text}**" if d["called"] else text
+
+
+def _us(ph, name):
+    v = ph.get(name, {}).get("us")
+    return "–" if v is None else f"{v:.0f}"
+
+
+# ---------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--spec", default="ngram-tree")
+    ap.add_argument("--modes", default="no-spec,plugin-off,plugin-off-native-move,default")
+    ap.add_argument("--bs", default="1,32,128")
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--acc-len", type=float, default=2.5, help="SGLANG_SIMULATE_ACC_LEN (dummy model)")
+    ap.add_argument("--gpm", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
+    ap.add_argument("--deadline-s", type=float, default=0, help="stop starting repeats after this")
+    args = ap.parse_args()
+    t_begin = time.monotonic()
+    args.modes = [mode_name(m) for m in args.modes.split(",")]
+    args.bs = [int(x) for x in args.bs.split(",")]
+    args.graphs, args.tp, args.profile_bs = True, 1, 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.model == "tiny":
+        from tools.make_tiny_models import ensure
+
+        model_dir = ensure(REPO / ".fixtures" / "tiny")
+        model = "tiny trained Llama pair (tools/make_tiny_models.py)"
+        vocab, acceptance = 260, "the tiny pair's own"
+    else:
+        from tools.realistic_model import write_llama3_8b
+
+        model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
+        model = f"Llama-3-8B shape, {args.layers} layers, dummy weights"
+        vocab, acceptance = 128256, f"SGLANG_SIMULATE_ACC_LEN={args.acc_len}"
+    import sglang
+    import torch
+
+    meta = {"card": card(), "model": model, "spec": args.spec, "repeats": args.repeats,
+            "tokens": args.tokens, "acceptance": acceptance, "modes": args.modes, "bs": args.bs,
+            "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
+            "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
+    engines, runs = {}, []
+    try:
+        for mode in args.modes:  # all start at once; each is waited for in turn
+            engines[mode] = Resident(args, mode, model_dir)
+        for mode, res in list(engines.items()):
+            try:
+                res.wait_ready(args.start_timeout)
+                print(f"{mode} up in {res.start_s:.0f} s", flush=True)
+            except RuntimeError as e:  # measure the others; say which one did not start
+                print(f"{mode} FAILED to start: {str(e)[-1500:]}", flush=True)
+                meta.setdefault("errors", {})[mode] = str(e)[-1500:]
+                res.shutdown()
+                del engines[mode]
+        meta["modes"] = args.modes = [m for m in args.modes if m in engines]
+        for res in engines.values():  # warm-up: every batch size once, short
+            for bs in args.bs:
+                res.generate(prompts_for(bs, args.prompt_len, vocab, 1),
+                             {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True})
+        for r in range(args.repeats):
+            if args.deadline_s and r and time.monotonic() - t_begin > args.deadline_s:
+                print(f"deadline: stopping after {r} repeats", flush=True)
+                break
+            for bs in args.bs:
+                order = args.modes[r % len(args.modes):] + args.modes[:r % len(args.modes)]
+                for mode in order:
+                    row = timed(args, engines[mode], bs, 2 + r, vocab)
+                    row["repeat"] = r
+                    runs.append(row)
+                    print(json.dumps({k: row[k] for k in ("repeat", "mode", "bs", "ms_per_step",
+                                                          "steps", "gpu_active")}), flush=True)
+            _write(args.out, meta, runs, engines)
+    finally:
+        for res in engines.values():
+            try:
+                res.shutdown()
+            except Exception as e:  # one engine's shutdown must not lose the results
+                print(f"shutdown {res.mode}: {e}", flush=True)
+    _write(args.out, meta, runs, engines)
+    print((args.out / "latency.md").read_text())
+    return 0
+
+
+def _write(out: Path, meta: dict, runs: list[dict], engines: dict) -> None:
+    meta = dict(meta, engine_start_s={m: e.start_s and round(e.start_s, 1) for m, e in engines.items()},
+                outermost={m: read_phases(e.phases).get("outermost") for m, e in engines.items()})
+    points = summarize(runs, meta["modes"], meta["bs"])
+    (out / "latency.json").write_text(json.dumps({"meta": meta, "points": points, "runs": runs}, indent=1))
+    (out / "latency.md").write_text(markdown(meta, points))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
