@@ -119,6 +119,8 @@ class Resident:
         plugin_on, env = mode_env(mode, True, totals)
         env.pop("SGLANG_NWOR_SCV_PROFILE", None)  # NVTX ranges: not in a latency run
         env.pop("SGLANG_NWOR_SCV_LOG_INTERVAL", None)  # flush at the default interval, as served
+        if args.log_interval:
+            env["SGLANG_NWOR_SCV_LOG_INTERVAL"] = str(args.log_interval)
         env["SGLANG_NWOR_SCV_PHASES"] = str(self.phases)
         if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
             env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
@@ -290,6 +292,8 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--acc-len", type=float, default=2.5, help="SGLANG_SIMULATE_ACC_LEN (dummy model)")
     ap.add_argument("--gpm", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--log-interval", type=int, default=0,
+                    help="SGLANG_NWOR_SCV_LOG_INTERVAL (0: the plugin's default, as served)")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
     ap.add_argument("--deadline-s", type=float, default=0, help="stop starting repeats after this")
     args = ap.parse_args()

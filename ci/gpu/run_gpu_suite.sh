@@ -6,6 +6,8 @@
 #   move     tools/move_kv_repro.py: upstream's move vs native vs one-launch, timed + ncu
 #   memory   tools/graph_memory.py: what graph staging holds on the default bucket list
 #   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
+#   soak     tools/soak.py: 128 concurrent HTTP streams, drops, retraction, vs upstream
+#   latency  tools/measure_latency.py: interleaved ms/verify step with CIs, host time by phase
 # Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
 # Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
@@ -19,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
 cat "$OUT/card.txt"
 declare -A RC
-STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine}  # run a subset across several device calls
+STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,soak,latency}  # run a subset across several device calls
 step() {  # name timeout cmd...
   local name=$1 t=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || return 0
@@ -40,5 +42,10 @@ step move "${MOVE_TIMEOUT:-240}" python3 tools/move_kv_repro.py --out "$OUT" --n
 step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
   -k "${ENGINE_K:-not tp2 and not realistic}" --junitxml="$OUT/engine.xml"
+step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --streams 128 --requests 2 \
+  --max-total-tokens 6000 --chunked-prefill 256 ${SOAK_ARGS:-}
+step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \
+  --spec ngram-tree --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
+  --tokens 512 --repeats 5 ${LATENCY_ARGS:-}
 python3 ci/gpu/summarize.py "$OUT" > "$OUT/summary.md" 2>&1; tail -n 60 "$OUT/summary.md"
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

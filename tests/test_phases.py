@@ -1,0 +1,114 @@
+"""Host-time attribution: the phase clock's bookkeeping, the latency tool's statistics,
+and both end to end on real SGLang servers (CPU: tiny model pair, Triton interpreter).
+
+The end-to-end test runs tools/measure_latency.py with resident ``launch_server``
+children, plugin off and on, each loading the phase-clock plugin: every speculative
+phase must be seen once per busy iteration, the clocks must wrap the NWOR/SCV hooks
+(outermost), and the paired statistics must come out for both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sglang_nwor_scv.phases import PhaseClock
+from tools.engine_run import REPO
+from tools.measure_latency import bootstrap_ci, paired_difference, phase_delta
+
+
+def _spin(ns: int) -> None:
+    end = time.perf_counter_ns() + ns
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def _phase(clock: PhaseClock, name: str, ns: int = 0, inner=None) -> None:
+    frame = clock.enter()
+    _spin(ns)
+    if inner:
+        inner()
+    clock.leave(name, frame)
+
+
+def test_nested_phase_is_subtracted_from_its_parent_self_time(tmp_path):
+    clock = PhaseClock(str(tmp_path / "p.json"))
+    clock.new_iteration()
+    _phase(clock, "loop.run_batch", 200_000, inner=lambda: _phase(clock, "spec.accept", 2_000_000))
+    clock.new_iteration()  # the iteration worked: kept
+    run, acc = clock.totals["loop.run_batch"], clock.totals["spec.accept"]
+    assert run[0] == acc[0] == 1
+    assert run[1] >= acc[1] >= 2_000_000
+    assert run[2] == run[1] - acc[1]  # self = inclusive - nested
+    assert acc[2] == acc[1]
+    assert clock.totals["loop.iteration"][1] >= run[1]
+
+
+def test_idle_iterations_are_dropped_and_totals_written_after_two(tmp_path):
+    path = tmp_path / "p.json"
+    clock = PhaseClock(str(path))
+    clock.new_iteration()
+    _phase(clock, "loop.schedule")
+    clock.new_iteration()  # idle: nothing ran a batch -> dropped, nothing to write
+    assert clock.totals == {} and not path.exists()
+    _phase(clock, "loop.output")
+    clock.new_iteration()  # busy: kept, not yet written (the overlap loop may owe output)
+    assert "loop.output" in clock.totals and not path.exists()
+    clock.new_iteration()
+    assert not path.exists()
+    clock.new_iteration()  # second idle iteration after work: written once
+    data = json.loads(path.read_text())
+    assert data["flushes"] == 1 and data["phases"]["loop.output"]["calls"] == 1
+    clock.new_iteration()
+    assert json.loads(path.read_text())["flushes"] == 1  # nothing new, no rewrite
+
+
+def test_phase_delta_is_per_busy_iteration():
+    before = {"phases": {"loop.iteration": {"calls": 2, "ns": 10, "self_ns": 10}}}
+    after = {"phases": {"loop.iteration": {"calls": 6, "ns": 4010, "self_ns": 4010},
+                        "spec.commit": {"calls": 4, "ns": 8000, "self_ns": 6000}}}
+    d = phase_delta(before, after)
+    assert d["iterations"] == 4
+    assert d["spec.commit"] == {"us": 2.0, "self_us": 1.5, "calls": 1.0}
+
+
+def test_paired_difference_is_called_only_when_its_ci_excludes_zero():
+    base = {r: 10.0 + 0.1 * r for r in range(6)}
+    faster = {r: v * 0.9 for r, v in base.items()}
+    d = paired_difference(faster, base)
+    assert d["called"] and d["ci95"][1] < 0 and abs(d["median"] + 0.1) < 1e-9
+    noisy = {r: v * (1.05 if r % 2 else 0.95) for r, v in base.items()}
+    d = paired_difference(noisy, base)
+    assert not d["called"] and d["ci95"][0] < 0 < d["ci95"][1]
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 1.0 <= lo <= 3.0 <= hi <= 5.0
+
+
+@pytest.mark.engine
+def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_models):
+    cmd = [sys.executable, str(REPO / "tools" / "measure_latency.py"), "--out", str(tmp_path),
+           "--model", "tiny", "--spec", "ngram-tree", "--modes", "plugin-off,default",
+           "--bs", "2", "--tokens", "10", "--repeats", "2", "--no-gpm", "--log-interval", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "latency.json").read_text())
+    assert [r["mode"] for r in data["runs"]] == ["plugin-off", "default", "default", "plugin-off"]
+    points = {p["mode"]: p for p in data["points"]}
+    assert points["default"]["n"] == 2 and points["default"]["vs_plugin-off"]["n"] == 2
+    for outer in data["meta"]["outermost"].values():
+        assert outer and all(outer.values()), data["meta"]["outermost"]
+    for mode in ("plugin-off", "default"):
+        for run in (r for r in data["runs"] if r["mode"] == mode):
+            ph = run["phases"]
+            assert run["steps"] >= 3 and ph["iterations"] >= run["steps"], run
+            for name in ("loop.run_batch", "spec.ngram.worker", "spec.ngram.draft", "forward.model",
+                         "spec.accept", "spec.commit", "spec.kv_move"):
+                assert ph[name]["calls"] > 0.5, (mode, name, ph)
+            assert ph["loop.iteration"]["us"] >= ph["loop.run_batch"]["us"] > 0
+    totals = json.loads((tmp_path / "totals_default.json").read_text())
+    assert totals["committed"] == totals["accepted"] > 0 and totals["violations"] == 0
+    assert "| 2 | `default` |" in (tmp_path / "latency.md").read_text()
