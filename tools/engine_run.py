@@ -118,7 +118,7 @@ class EngineRun:
 def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: bool,
                max_new_tokens: int = 24, extra_env: dict | None = None,
                sampling: dict | None = None, extra_pythonpath: tuple[str, ...] = (),
-               **overrides) -> EngineRun:
+               extra_plugins: tuple[str, ...] = (), **overrides) -> EngineRun:
     """Start an engine, generate greedily for ``prompts`` (byte ids), shut it down.
 
     ``extra_pythonpath``: directories put first on the engine processes' import path
@@ -129,7 +129,7 @@ def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: 
     env = {"SGLANG_NWOR_SCV_STEP_LOG": str(stats), "SGLANG_NWOR_SCV_DEBUG": "1"}
     env.update(extra_env or {})
     extra_pythonpath = tuple(str(p) for p in extra_pythonpath)
-    old = prepare_process_env(plugin_on, env, extra_pythonpath)
+    old = prepare_process_env(plugin_on, env, extra_pythonpath, extra_plugins)
     try:
         engine = sgl.Engine(**engine_kwargs(spec, models, **overrides))
         try:
