@@ -1,8 +1,9 @@
 """Steady-state latency per verify step, interleaved across modes, with 95% CIs and
 host time per phase.
 
-Every mode's engine is started once and stays resident; then, for each repeat and batch
-size, the modes take turns (the order rotates each repeat) running one timed batch of
+Every mode's engine is started once, in a child process of its own (SGLang keeps one
+configuration per process), and stays resident; then, for each repeat and batch size,
+the modes take turns (the order rotates each repeat) running one timed batch of
 ``--tokens`` output tokens (``ignore_eos``, hundreds of verify steps). Modes come from
 tools/measure_engine.py's vocabulary, plus ``no-spec`` (plain decoding, the plugin not
 loaded). Every engine, upstream ones included, loads the phase-clock plugin
@@ -34,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.engine_run import REPO, Server, has_cuda  # noqa: E402
+from tools.engine_run import REPO, has_cuda  # noqa: E402
 from tools.measure_engine import (  # noqa: E402
     PLAIN_DECODING,
     build_engine_kwargs,
@@ -107,11 +108,36 @@ def phase_delta(before: dict, after: dict) -> dict:
 
 
 # ---------------------------------------------------------------- engines
+def _serve(conn, plugin_on: bool, env: dict, kw: dict) -> None:
+    """Child process: one resident engine answering ("generate", prompts, params) messages."""
+    from tools.engine_run import prepare_process_env
+
+    prepare_process_env(plugin_on, env, extra_plugins=(PHASE_PLUGIN,))
+    import sglang as sgl
+
+    try:
+        engine = sgl.Engine(**kw)
+    except Exception as e:  # reported to the parent, which measures the other modes
+        conn.send(("error", repr(e)))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "stop":
+                break
+            conn.send(("out", engine.generate(input_ids=msg[1], sampling_params=msg[2])))
+    finally:
+        engine.shutdown()
+
+
 class Resident:
-    """One mode's server (``launch_server`` on loopback, its own process: SGLang keeps one
-    configuration per process), started once; its phase file and environment recorded."""
+    """One mode's engine in a child process of its own (SGLang keeps one configuration per
+    process), started once and kept resident; its phase file and environment recorded."""
 
     def __init__(self, args, mode: str, model_dir: Path):
+        import multiprocessing as mp
+
         self.mode = mode
         self.phases = args.out / f"phases_{mode}.json"
         self.phases.unlink(missing_ok=True)
@@ -125,25 +151,39 @@ class Resident:
         if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
             env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
         kw = build_engine_kwargs(args, args.spec, model_dir, mode)
-        kw.update(skip_server_warmup=True, log_level="warning")
-        if has_cuda() and len(args.modes) > 1:  # several servers share the card
+        kw.update(log_level="warning")
+        if has_cuda() and len(args.modes) > 1:  # several engines share the card
             kw.update(mem_fraction_static=0.9,
                       max_total_tokens=max(args.bs) * (args.prompt_len + args.tokens + 64))
         self.t0 = time.perf_counter()
-        self.server = Server(kw, plugin_on, env, args.out / f"server_{mode}.log",
-                             extra_plugins=(PHASE_PLUGIN,))
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, plugin_on, env, kw), daemon=False)
+        self.proc.start()
         self.start_s = None
         self.env = env
 
     def wait_ready(self, timeout: float) -> None:
-        self.server.wait_ready(timeout)
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"{self.mode}: engine not ready after {timeout:.0f} s")
+        kind, detail = self.conn.recv()
+        if kind != "ready":
+            raise RuntimeError(f"{self.mode}: {detail}")
         self.start_s = time.perf_counter() - self.t0
 
     def generate(self, prompts, params):
-        return self.server.generate(prompts, params)
+        self.conn.send(("generate", prompts, params))
+        kind, out = self.conn.recv()
+        return out
 
     def shutdown(self):
-        self.server.stop()
+        try:
+            if self.proc.is_alive():
+                self.conn.send(("stop",))
+            self.proc.join(timeout=60)
+        finally:
+            if self.proc.is_alive():
+                self.proc.kill()
 
 
 def timed(args, res: Resident, bs: int, seed: int, vocab: int) -> dict:
@@ -335,6 +375,8 @@ def main() -> int:
                 res.shutdown()
                 del engines[mode]
         meta["modes"] = args.modes = [m for m in args.modes if m in engines]
+        if not engines:
+            raise SystemExit("no engine started: " + json.dumps(meta.get("errors")))
         for res in engines.values():  # warm-up: every batch size once, short
             for bs in args.bs:
                 res.generate(prompts_for(bs, args.prompt_len, vocab, 1),
