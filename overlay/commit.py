@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from sglang_nwor_scv import debug_checks, scv, sync_check
+from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.state import RunnerState, existing_state
 
@@ -97,7 +97,7 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
     """Move device-side totals into the metrics (one small device-to-host copy)."""
     counts = scv.take_counts()
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
-                   host_syncs=sync_check.take())
+                   ngram_mask_kernel=ngram_mask.take_count(), host_syncs=sync_check.take())
     if st.pending is not None and st.pending_staged:
         with sync_check.allowed():  # one small copy per log interval, on purpose
             committed, accepted = (int(x) for x in st.pending.tolist())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import profiling, scv, sites, sync_check
+from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -94,11 +94,12 @@ HOOKS = {
     "fused_kv_gate": around_fused_kv_gate,
     "verify_greedy": around_verify_greedy,
     "graph_capture": around_graph_capture,
+    "ngram_mask": ngram_mask.prepare_with_full_mask_kernel,
 }
 
 
 # Sites only the plugin wires (opt-in features the patch series does not carry).
-PLUGIN_ONLY = frozenset({"graph_capture"})
+PLUGIN_ONLY = frozenset({"graph_capture", "ngram_mask"})
 
 
 def register_all(adapter) -> None:

@@ -26,6 +26,8 @@ _NAMES = {
     "moves_upstream": ("sglang:nwor_kv_moves_upstream", "Post-verify KV moves left to upstream"),
     "scv_kernel": ("sglang:scv_fused_verify_steps", "Verify steps accepted by the fused SCV kernel"),
     "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),
+    "ngram_mask_kernel": ("sglang:scv_ngram_mask_kernel_steps", "NGRAM verify steps whose full "
+                          "mask one kernel built (upstream's per-request loop not run)"),
     "host_syncs": ("sglang:nwor_scv_host_syncs", "Host syncs inside the plugin's sites (sync check on)"),
 }
 

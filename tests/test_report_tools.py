@@ -235,7 +235,7 @@ def test_shape_of_unnamed_group():
 
 # ---- the GPM sampler ----------------------------------------------------------------------------
 def fake_nvml(supported=1, mig=0, init_error=None):
-    """A stand-in pynvml: GPM says DRAM BW 76%, SM util 50%, occupancy not supported."""
+    """A stand-in pynvml: GPM says DRAM BW 76%, SM util 50%, graphics active 35%, occupancy not supported."""
     nv = types.ModuleType("pynvml")
     nv.calls = collections.Counter()
     nv.NVML_SUCCESS, nv.NVML_DEVICE_MIG_ENABLE, nv.NVML_GPM_METRICS_GET_VERSION = 0, 1, 1
@@ -254,7 +254,7 @@ def fake_nvml(supported=1, mig=0, init_error=None):
             if m.metricId == 3:
                 m.nvmlReturn = 3  # NVML_ERROR_NOT_SUPPORTED
             else:
-                m.value = {10: 76.0, 2: 50.0}[m.metricId]
+                m.value = {10: 76.0, 2: 50.0, 1: 35.0}[m.metricId]
 
     nv.nvmlInit = init
     nv.nvmlShutdown = lambda: nv.calls.update(["shutdown"])
@@ -308,6 +308,7 @@ def test_gpm_sampling(monkeypatch):
     assert n >= 2 and nv.calls["metrics"] == n and nv.calls["sample"] == n + 1  # one pair per interval
     assert s["dram_bw_util_pct"] == {"mean": 76.0, "max": 76.0, "n": n}
     assert s["sm_util_pct"] == {"mean": 50.0, "max": 50.0, "n": n}
+    assert s["graphics_active_pct"] == {"mean": 35.0, "max": 35.0, "n": n}
     assert s["sm_occupancy_pct"]["n"] == 0 and "sm_occupancy_pct" in s["metric_errors"]
     assert nv.calls["free"] == 2 and nv.calls["shutdown"] == 1
 

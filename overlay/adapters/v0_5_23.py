@@ -37,6 +37,11 @@ TARGETS = {
     "graph_capture": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
                       "DecodeCudaGraphRunner.capture_one_shape"),
     "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
+    # What: NGRAM's verify-input preparation (draft lookup, tree mask, positions, indices).
+    # Why: with SGLANG_SCV_NGRAM_MASK=1 its per-request full-mask loop (5 launches and a
+    # copy per request, every step) is skipped and one kernel builds the same mask.
+    "ngram_mask": ("sglang.srt.speculative.ngram_worker.NGRAMWorker."
+                   "_prepare_for_speculative_decoding"),
 }
 
 # Phase clocks (sglang_nwor_scv.phases, entry point nwor_scv_phases): name -> target. Host

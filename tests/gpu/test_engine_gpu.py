@@ -70,9 +70,9 @@ def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     off = _upstream(spec, tiny_models, prompts, max_new_tokens=48, **kw)
     env = _graph_env(SPEC_CONFIGS[spec]["speculative_algorithm"]) if graphs else {}
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, extra_env=env, **kw)
-    print("IDENTITY", spec, "graphs" if graphs else "eager", env or "defaults", "identical", off.outputs == on.outputs,
-          "steps", len(on.steps), "staged", sum(s["staged"] for s in on.steps), "committed",
-          sum(s["committed"] for s in on.steps), flush=True)
+    print("IDENTITY", spec, "graphs" if graphs else "eager", env or "defaults", "identical",
+          off.outputs == on.outputs, "steps", len(on.steps), "staged",
+          sum(s["staged"] for s in on.steps), "committed", sum(s["committed"] for s in on.steps), flush=True)
     assert off.outputs == on.outputs
     _check_steps(on.steps, graph=graphs)
 
@@ -93,6 +93,23 @@ def test_graph_staging_off_moves_in_one_launch(tiny_models, tmp_path):
     assert not on.steps and t["moves_fused"] > 0 and t["moves_upstream"] == 0, t
 
 
+def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
+    """SGLANG_SCV_NGRAM_MASK=1: the full verify mask from one kernel, CUDA graphs on;
+    outputs identical to upstream's per-request loop, invariants every step."""
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    totals = tmp_path / "totals.json"
+    off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=48,
+                    extra_env={"SGLANG_SCV_NGRAM_MASK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
+    t = json.loads(totals.read_text())
+    print("NGRAM-MASK", "identical", off.outputs == on.outputs, t, flush=True)
+    assert off.outputs == on.outputs
+    assert t["ngram_mask_kernel"] > 0
+    _check_steps(on.steps, graph=True)
+
+
 def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
     """EAGLE3 (topk 2 tree) with a dummy-weight draft head on a 4-layer Llama-3-8B-shaped
     target (dummy weights, acceptance set by SGLANG_SIMULATE_ACC_LEN), CUDA graphs on."""
@@ -109,8 +126,9 @@ def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
     off = run_engine("ngram-tree", tmp_path, prompts, plugin_on=False, max_new_tokens=32, extra_env=env, **kw)
     on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=32,
                     extra_env={**env, **_graph_env("EAGLE3")}, **kw)
-    print("EAGLE3", _graph_env("EAGLE3") or "defaults", "identical", off.outputs == on.outputs, "steps", len(on.steps), "staged",
-          sum(s["staged"] for s in on.steps), "committed", sum(s["committed"] for s in on.steps), flush=True)
+    print("EAGLE3", _graph_env("EAGLE3") or "defaults", "identical", off.outputs == on.outputs,
+          "steps", len(on.steps), "staged", sum(s["staged"] for s in on.steps),
+          "committed", sum(s["committed"] for s in on.steps), flush=True)
     assert off.outputs == on.outputs
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps)
     assert all(s["graph"] for s in on.steps), "verify steps not replayed from staged buckets"

@@ -1,0 +1,54 @@
+"""NGRAM's full verify mask in one kernel (kernels/ngram_mask.py), bit for bit against
+upstream's per-request loop, and in the real engine (CPU): SGLang's NGRAM worker builds
+the full mask on any non-CPU-engine build, the CPU test engine included, so the engine
+test swaps the real loop for the kernel and compares outputs with upstream's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask, full_tree_mask_ref
+from tools.engine_run import run_engine
+from tools.make_tiny_models import encode
+
+
+def _case(bs: int, n: int, lens: list[int], seed: int):
+    g = torch.Generator().manual_seed(seed)
+    tree = torch.randint(0, 2, (bs * n * n,), generator=g).to(torch.bool)
+    seq_lens = torch.tensor(lens, dtype=torch.int64)
+    return tree, seq_lens
+
+
+@pytest.mark.parametrize("bs,n,lens", [
+    (1, 1, [1]), (1, 8, [5]), (3, 4, [1, 7, 2]), (2, 8, [511, 513]), (4, 6, [1030, 3, 600, 1]),
+    (5, 2, [17, 17, 17, 17, 17])])
+def test_full_mask_equals_upstreams_loop(bs, n, lens):
+    tree, seq_lens = _case(bs, n, lens, seed=bs * 31 + n)
+    want = full_tree_mask_ref(tree, seq_lens, n)
+    got = full_tree_mask(tree, seq_lens, seq_lens, n)
+    assert got.dtype == torch.bool and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+def test_full_mask_reads_only_the_first_bs_rows_of_a_preallocated_buffer():
+    tree, seq_lens = _case(3, 4, [9, 2, 4], seed=7)
+    big = torch.cat([tree, torch.ones(4 * 16, dtype=torch.bool)])  # upstream's buffer is max-bs long
+    lens_dev = torch.cat([seq_lens, torch.tensor([99])])  # a padded seq_lens view
+    assert torch.equal(full_tree_mask(big, lens_dev, seq_lens, 4), full_tree_mask_ref(tree, seq_lens, 4))
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-chain"])
+def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_path):
+    prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
+    totals = tmp_path / "totals.json"
+    off = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True,
+                    extra_env={"SGLANG_SCV_NGRAM_MASK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
+    assert on.outputs == off.outputs
+    t = json.loads(totals.read_text())
+    assert t["ngram_mask_kernel"] > 0 and t["violations"] == 0, t
