@@ -129,15 +129,13 @@ def register() -> None:
     if _clock is not None:
         return
     from sglang_nwor_scv.config import modes
-    from sglang_nwor_scv.versions import UnsupportedVersion, adapter_for, installed_sglang_version
+    from sglang_nwor_scv.versions import installed_adapter
 
     path = modes().phases_path
     if not path:
         return
-    try:
-        adapter = adapter_for(installed_sglang_version())
-    except UnsupportedVersion as e:
-        logger.warning("phase clocks off: %s", e)
+    adapter = installed_adapter("phase clocks")
+    if adapter is None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 

@@ -20,14 +20,12 @@ def register() -> None:
         return
     _registered = True
     from sglang_nwor_scv.config import modes
-    from sglang_nwor_scv.versions import UnsupportedVersion, adapter_for, installed_sglang_version
+    from sglang_nwor_scv.versions import installed_adapter
 
     if modes().refusal:  # already logged once by modes()
         return
-    try:
-        adapter = adapter_for(installed_sglang_version())
-    except UnsupportedVersion as e:
-        logger.warning("%s", e)
+    adapter = installed_adapter("sglang-nwor-scv hooks")
+    if adapter is None:
         return
     from sglang_nwor_scv import hooks
 

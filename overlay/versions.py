@@ -9,6 +9,7 @@ adapter to try (for development builds).
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
@@ -40,3 +41,13 @@ def adapter_for(ver: str | None) -> ModuleType:
             "version> to try an adapter anyway."
         )
     return importlib.import_module(f"sglang_nwor_scv.adapters.{SUPPORTED[key]}")
+
+
+def installed_adapter(what: str) -> ModuleType | None:
+    """The adapter of the installed SGLang, or None after one warning saying that ``what``
+    (the hooks, the phase clocks) stays off: upstream runs unmodified."""
+    try:
+        return adapter_for(installed_sglang_version())
+    except UnsupportedVersion as e:
+        logging.getLogger("sglang_nwor_scv").warning("%s off: %s", what, e)
+        return None

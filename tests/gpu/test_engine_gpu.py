@@ -77,18 +77,24 @@ def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     _check_steps(on.steps, graph=graphs)
 
 
+def _graph_tree_run(name: str, env: dict, models, totals_path):
+    """NGRAM tree, CUDA graphs on, plugin off and on (with ``env``); the plugin's totals."""
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    off = _upstream("ngram-tree", models, prompts, max_new_tokens=48, **kw)
+    on = run_engine("ngram-tree", models, prompts, plugin_on=True, max_new_tokens=48,
+                    extra_env={**env, "SGLANG_NWOR_SCV_TOTALS": str(totals_path),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
+    totals = json.loads(totals_path.read_text())
+    print(name, "identical", off.outputs == on.outputs, totals, flush=True)
+    return off, on, totals
+
+
 def test_graph_staging_off_moves_in_one_launch(tiny_models, tmp_path):
     """SGLANG_NWOR_GRAPH=0: replayed steps keep upstream's KV writes and every tree move is
     the one-launch move, not upstream's copy kernel; outputs identical."""
-    prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
-    totals = tmp_path / "totals.json"
-    off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
-    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=48,
-                    extra_env={"SGLANG_NWOR_GRAPH": "0", "SGLANG_NWOR_SCV_TOTALS": str(totals),
-                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
-    t = json.loads(totals.read_text())
-    print("MOVE-ONLY", "identical", off.outputs == on.outputs, t, flush=True)
+    off, on, t = _graph_tree_run("MOVE-ONLY", {"SGLANG_NWOR_GRAPH": "0"}, tiny_models,
+                                 tmp_path / "totals.json")
     assert off.outputs == on.outputs
     assert not on.steps and t["moves_fused"] > 0 and t["moves_upstream"] == 0, t
 
@@ -96,15 +102,8 @@ def test_graph_staging_off_moves_in_one_launch(tiny_models, tmp_path):
 def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
     """SGLANG_SCV_NGRAM_MASK=1: the full verify mask from one kernel, CUDA graphs on;
     outputs identical to upstream's per-request loop, invariants every step."""
-    prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
-    totals = tmp_path / "totals.json"
-    off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
-    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=48,
-                    extra_env={"SGLANG_SCV_NGRAM_MASK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
-                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
-    t = json.loads(totals.read_text())
-    print("NGRAM-MASK", "identical", off.outputs == on.outputs, t, flush=True)
+    off, on, t = _graph_tree_run("NGRAM-MASK", {"SGLANG_SCV_NGRAM_MASK": "1"}, tiny_models,
+                                 tmp_path / "totals.json")
     assert off.outputs == on.outputs
     assert t["ngram_mask_kernel"] > 0
     _check_steps(on.steps, graph=True)
