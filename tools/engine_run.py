@@ -23,10 +23,15 @@ CPU_SHIMS = REPO / "tests" / "cpu_shims"
 PLUGIN_NAME = "nwor_scv"
 SHIM_PLUGIN_NAME = "cpu_test_shims"
 
-# name -> speculative server args (the draft path is filled in by engine_kwargs)
+# name -> speculative server args (the draft path is filled in by engine_kwargs); the one
+# table every tool and test uses: a name means the same configuration everywhere.
 SPEC_CONFIGS = {
     "ngram-tree": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
                        speculative_ngram_max_bfs_breadth=4),
+    # the measurement tools' tree on the Llama-3-8B shape (named "ngram-tree" in their
+    # reports before 2026-12-04)
+    "ngram-tree-n8": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=8,
+                          speculative_ngram_max_bfs_breadth=4),
     "ngram-chain": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
                         speculative_ngram_max_bfs_breadth=1),
     "standalone-chain": dict(speculative_algorithm="STANDALONE", speculative_num_steps=3,

@@ -41,17 +41,16 @@ def child(args) -> int:
     import sglang as sgl
 
     from tools.engine_run import engine_kwargs, prepare_process_env, restore_env
-    from tools.measure_engine import REALISTIC_SPECS, prompts_for
+    from tools.measure_engine import prompts_for
     from tools.realistic_model import write_llama3_8b
 
     model = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
     env = dict(MODES[args.mode], SGLANG_NWOR_SCV_TOTALS=str(args.totals), SGLANG_NWOR_SCV_LOG_INTERVAL="1",
                SGLANG_SIMULATE_ACC_LEN="2.5")
-    kw = engine_kwargs("ngram-tree", model, model_path=str(model), load_format="dummy", dtype="bfloat16",
+    kw = engine_kwargs("ngram-tree-n8", model, model_path=str(model), load_format="dummy", dtype="bfloat16",
                        log_level="warning")
     for key in ("max_running_requests", "mem_fraction_static", "random_seed"):
         kw.pop(key, None)  # SGLang's own defaults for the card: bucket list, memory fraction
-    kw.update(REALISTIC_SPECS["ngram-tree"])
     old = prepare_process_env(True, env)
     t0 = time.perf_counter()
     try:

@@ -25,7 +25,7 @@ features via the plugin's switches; each name runs different code):
 ``upstream`` and ``default`` in stored runs. Results are appended to OUT/sweep.json and
 OUT/profile.json.
 
-    python tools/measure_engine.py --out OUT --model llama3-8b --specs ngram-tree \\
+    python tools/measure_engine.py --out OUT --model llama3-8b --specs ngram-tree-n8 \\
         --modes plugin-off,nwor+scv --bs 1,8,32,64,128 --profile-bs 32
 """
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.engine_run import REPO, SPEC_CONFIGS, engine_kwargs, has_cuda  # noqa: E402
+from tools.engine_run import REPO, engine_kwargs, has_cuda  # noqa: E402
 from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
 
 _OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off"}
@@ -72,14 +72,6 @@ def mode_name(mode: str) -> str:
     return name
 
 
-# Speculative configs for the Llama-3-8B-shaped dummy model: NGRAM needs no draft model,
-# and SGLANG_SIMULATE_ACC_LEN sets acceptance (dummy weights accept nothing by themselves).
-REALISTIC_SPECS = {
-    "ngram-chain": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4,
-                        speculative_ngram_max_bfs_breadth=1),
-    "ngram-tree": dict(speculative_algorithm="NGRAM", speculative_num_draft_tokens=8,
-                       speculative_ngram_max_bfs_breadth=4),
-}
 SAMPLING = {"greedy": {"temperature": 0.0}, "sampling": {"temperature": 0.7, "top_p": 0.9}}
 
 
@@ -95,26 +87,27 @@ def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
     return plugin_on, env
 
 
-def build_engine_kwargs(args, spec: str, model_dir: Path, mode: str | None = None) -> dict:
-    if args.model == "tiny":
+def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, mode: str | None = None,
+                        graphs: bool = True, tp: int = 1) -> dict:
+    """Engine arguments for ``spec`` (tools/engine_run.SPEC_CONFIGS) on the ``tiny`` trained
+    pair or the ``llama3-8b``-shaped dummy model in ``model_dir``; ``no-spec`` drops the
+    speculative arguments."""
+    if model == "tiny":
         kw = engine_kwargs(spec, model_dir)
         if has_cuda():
             kw.update(dtype="bfloat16", mem_fraction_static=0.3)
-    else:
-        kw = engine_kwargs("ngram-tree", model_dir, model_path=str(model_dir), load_format="dummy",
+    else:  # NGRAM needs no draft model; acceptance comes from SGLANG_SIMULATE_ACC_LEN
+        kw = engine_kwargs(spec, model_dir, model_path=str(model_dir), load_format="dummy",
                            dtype="bfloat16", mem_fraction_static=0.8)
-        for key in SPEC_CONFIGS["ngram-tree"]:
-            kw.pop(key, None)
-        kw.update(REALISTIC_SPECS[spec])
     if mode in PLAIN_DECODING:
         kw = {k: v for k, v in kw.items() if not k.startswith("speculative_")}
-    kw.update(max_running_requests=max(args.bs + [args.profile_bs]), log_level="error")
+    kw.update(max_running_requests=max_bs, log_level="error")
     if has_cuda():
-        kw["disable_cuda_graph"] = not args.graphs
-        if args.graphs:
-            kw["cuda_graph_max_bs_decode"] = max(args.bs + [args.profile_bs])
-    if args.tp > 1:
-        kw["tp_size"] = args.tp
+        kw["disable_cuda_graph"] = not graphs
+        if graphs:
+            kw["cuda_graph_max_bs_decode"] = max_bs
+    if tp > 1:
+        kw["tp_size"] = tp
     return kw
 
 
@@ -156,7 +149,8 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
     points, profiles = [], []
     t_start = time.perf_counter()
     try:
-        engine = sgl.Engine(**build_engine_kwargs(args, spec, model_dir, mode))
+        engine = sgl.Engine(**build_engine_kwargs(args.model, spec, model_dir, mode=mode, graphs=args.graphs,
+                                                  tp=args.tp, max_bs=max(args.bs + [args.profile_bs])))
         start_s = time.perf_counter() - t_start
         vocab = 260 if args.model == "tiny" else 128256
         try:
@@ -276,7 +270,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--specs", default="ngram-chain,ngram-tree")
+    ap.add_argument("--specs", default="ngram-chain,ngram-tree-n8")
     ap.add_argument("--modes", default="plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,8,32,64,128")
     ap.add_argument("--sampling", default="greedy,sampling")

@@ -15,7 +15,7 @@ output token, a bootstrap 95% CI of the median, and for each baseline the paired
 relative difference (same repeat round) with its bootstrap 95% CI; a difference is
 called only when its CI excludes 0.
 
-    python tools/measure_latency.py --out OUT --layers 32 --spec ngram-tree \\
+    python tools/measure_latency.py --out OUT --layers 32 --spec ngram-tree-n8 \\
         --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 --repeats 5
 
 Writes OUT/latency.json and OUT/latency.md.
@@ -150,7 +150,7 @@ class Resident:
         env["SGLANG_NWOR_SCV_PHASES"] = str(self.phases)
         if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
             env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
-        kw = build_engine_kwargs(args, args.spec, model_dir, mode)
+        kw = build_engine_kwargs(args.model, args.spec, model_dir, mode=mode, max_bs=max(args.bs))
         kw.update(log_level="warning")
         if has_cuda() and len(args.modes) > 1:  # several engines share the card
             kw.update(mem_fraction_static=0.9,
@@ -324,7 +324,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--spec", default="ngram-tree")
+    ap.add_argument("--spec", default="ngram-tree-n8")
     ap.add_argument("--modes", default="no-spec,plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,32,128")
     ap.add_argument("--tokens", type=int, default=512)
@@ -340,7 +340,6 @@ def main() -> int:
     t_begin = time.monotonic()
     args.modes = [mode_name(m) for m in args.modes.split(",")]
     args.bs = [int(x) for x in args.bs.split(",")]
-    args.graphs, args.tp, args.profile_bs = True, 1, 0
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model == "tiny":
         from tools.make_tiny_models import ensure

@@ -31,7 +31,7 @@ Output, in the seed's shape (``summary.per_mode[i].ncu_metrics``): OUT/ncu_whole
 with every mode, plus one file per mode and batch size,
 OUT/ncu_analysis/<spec>_bs<bs>_<mode>.json, whose ``per_mode[0]`` is that mode.
 
-    python tools/measure_ncu.py --out OUT --specs ngram-tree --bs 32,128 --layers 8
+    python tools/measure_ncu.py --out OUT --specs ngram-tree-n8 --bs 32,128 --layers 8
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def child(args) -> int:
 
     t0 = time.perf_counter()
     model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
-    kw = build_engine_kwargs(args, args.specs, model_dir)
+    kw = build_engine_kwargs("llama3-8b", args.specs, model_dir, graphs=args.graphs, max_bs=max(args.bs))
     kw["mem_fraction_static"] = args.mem_fraction  # ncu saves/restores written memory per replay pass
     if args.graphs:  # capture only the profiled sizes: each capture is slow under ncu
         kw["cuda_graph_bs_decode"] = sorted(set(args.bs))
@@ -252,7 +252,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
-    ap.add_argument("--specs", default="ngram-chain,ngram-tree")
+    ap.add_argument("--specs", default="ngram-chain,ngram-tree-n8")
     ap.add_argument("--modes", default=",".join(NCU_MODES))
     ap.add_argument("--bs", default="8,32,128")
     ap.add_argument("--layers", type=int, default=8)
@@ -273,8 +273,7 @@ def main() -> int:
     ap.add_argument("--ncu", default=shutil.which("ncu") or "/usr/local/cuda/bin/ncu")
     args = ap.parse_args()
     args.bs = [int(x) for x in args.bs.split(",")]
-    # the engine-kwargs builder of measure_engine expects these
-    args.model, args.graphs, args.tp, args.profile_bs = "llama3-8b", not args.eager, 1, 0
+    args.graphs = not args.eager
     if args.child:
         return child(args)
     if args.reduce:  # re-reduce a stored run: --reduce DIR holding <spec>_<mode>.csv[.steps.jsonl]

@@ -45,7 +45,7 @@ step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider
 step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --streams 128 --requests 2 \
   --max-total-tokens 6000 --chunked-prefill 256 ${SOAK_ARGS:-}
 step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \
-  --spec ngram-tree --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
+  --spec ngram-tree-n8 --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
   --tokens 512 --repeats 5 ${LATENCY_ARGS:-}
 python3 ci/gpu/summarize.py "$OUT" > "$OUT/summary.md" 2>&1; tail -n 60 "$OUT/summary.md"
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

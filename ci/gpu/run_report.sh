@@ -36,7 +36,7 @@ fi
 run_ncu() {
   echo "=== ncu${NCU_GPUS:+ (GPUs $NCU_GPUS)}"; local t0=$SECONDS r=0
   timeout "${NCU_TIMEOUT:-1800}" python3 tools/measure_ncu.py --out "$OUT" \
-    --specs "${NCU_SPECS:-ngram-chain,ngram-tree}" \
+    --specs "${NCU_SPECS:-ngram-chain,ngram-tree-n8}" \
     --modes "${NCU_MODES:-upstream,upstream-native-move,default}" \
     --bs "${NCU_BS:-8,32,128}" --layers "${NCU_LAYERS:-8}" --timeout "${NCU_MODE_TIMEOUT:-300}" \
     ${NCU_GPUS:+--gpus "$NCU_GPUS"} ${NCU_ARGS:-} > "$OUT/ncu_log.txt" 2>&1 || r=1
@@ -46,7 +46,7 @@ run_ncu() {
 run_sweep() {
   echo "=== sweep${SWEEP_ENV:+ (GPU ${GPUS[0]})}"; local t0=$SECONDS r=0
   timeout "${SWEEP_TIMEOUT:-2400}" "${SWEEP_ENV[@]}" python3 tools/measure_engine.py --out "$OUT" \
-    --specs "${SPECS:-ngram-chain,ngram-tree}" --modes "${SWEEP_MODES:-plugin-off,plugin-off-native-move,default}" \
+    --specs "${SPECS:-ngram-chain,ngram-tree-n8}" --modes "${SWEEP_MODES:-plugin-off,plugin-off-native-move,default}" \
     --bs "${SWEEP_BS:-1,8,32,64,128}" --sampling "${SAMPLING:-greedy,sampling}" \
     --config-timeout "${SWEEP_CONFIG_TIMEOUT:-300}" ${SWEEP_ARGS:-} \
     > "$OUT/sweep_log.txt" 2>&1 || r=1
