@@ -22,8 +22,6 @@ written bytes exceed L2 (so DRAM sees them during the kernel).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import subprocess
@@ -79,19 +77,13 @@ def _ncu(args, nvtx_range: str, cache_control: str = "all", metrics=METRICS) -> 
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"ncu failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    rows = [r for r in csv.DictReader(io.StringIO(
-        "\n".join(line for line in out.stdout.splitlines() if line.startswith('"'))))]
-    sums, kernels = {m: 0.0 for m in metrics}, set()
-    for r in rows:
-        name, value = r.get("Metric Name"), r.get("Metric Value", "0").replace(",", "")
-        unit = r.get("Metric Unit", "")
-        if name in sums:
-            scale = {"Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "usecond": 1e3, "msecond": 1e6}
-            sums[name] += float(value) * scale.get(unit, 1.0)
-            kernels.add((r.get("ID"), r.get("Kernel Name")))
+    from tools.measure_ncu import parse_csv  # the one ncu CSV reader
+
+    kernels = parse_csv(out.stdout, metrics)
+    sums = {m: sum(k["metrics"].get(m, 0.0) for k in kernels) for m in metrics}
     child_json = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
     return {"ncu_metrics": sums, "kernels": len(kernels), **child_json,
-            "kernel_names": sorted({k[1] for k in kernels})[:8]}
+            "kernel_names": sorted({k["name"] for k in kernels})[:8]}
 
 
 def main() -> int:

@@ -9,14 +9,13 @@ then says "not measured in this run" and shows no numbers.
     python tools/nightly_report.py RESULTS_DIR [--out RESULTS_DIR]
 
 Inputs (all optional): card.txt, command.txt, sweep.json, profile.json, ncu_whole_step.json,
-bench.json (pytest-benchmark), *.xml (junit) or summary.md. Shapes: see the section readers.
+bench.json (pytest-benchmark), *.xml (junit). Shapes: see the section readers.
 Units: MB = 1e6 bytes, us = microseconds, % change = (x - baseline) / baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import json
 import math
@@ -230,16 +229,25 @@ def _command_lines(command: str | None) -> list[str]:
     return ["- run command (command.txt):", "", "```", command, "```", ""]
 
 
-def _junit_counts(path: Path) -> dict:
-    counts = {"pass": 0, "fail": 0, "error": 0, "skip": 0, "failed": []}
+def junit_cases(path: Path) -> list[tuple[str, str]]:
+    """(test name, pass / fail / error / skip) per test case of a JUnit XML file: the one
+    reader of the suite's results (ci/gpu/summarize.py prints the same)."""
+    cases = []
     for case in ET.parse(path).getroot().iter("testcase"):
         kind = "pass"
         for tag, k in (("failure", "fail"), ("error", "error"), ("skipped", "skip")):
             if case.find(tag) is not None:
                 kind = k
+        cases.append((case.get("name"), kind))
+    return cases
+
+
+def _junit_counts(path: Path) -> dict:
+    counts = {"pass": 0, "fail": 0, "error": 0, "skip": 0, "failed": []}
+    for name, kind in junit_cases(path):
         counts[kind] += 1
         if kind in ("fail", "error"):
-            counts["failed"].append(case.get("name"))
+            counts["failed"].append(name)
     return counts
 
 
@@ -247,15 +255,8 @@ def tests(page: Page) -> None:
     title = "Tests: pass / fail"
     suites = {p.stem: _junit_counts(p) for p in sorted(page.results.glob("*.xml"))}
     source = "junit xml"
-    summary = page.results / "summary.md"
-    if not suites and summary.exists():  # ci/gpu/summarize.py: "## kernels: {'pass': 75, 'FAIL': 81, ...}"
-        source = "summary.md"
-        for m in re.finditer(r"^## (\w+): (\{.*\})$", summary.read_text(), re.M):
-            c = ast.literal_eval(m.group(2))
-            suites[m.group(1)] = {"pass": c.get("pass", 0), "fail": c.get("FAIL", 0), "error": 0,
-                                  "skip": c.get("skip", 0), "failed": []}
     if not suites:
-        return page.missing("tests", title, f"{NOT_MEASURED} (no junit *.xml, no summary.md)")
+        return page.missing("tests", title, f"{NOT_MEASURED} (no junit *.xml)")
     bad = sum(c["fail"] + c["error"] for c in suites.values())
     page.data["tests"] = {"source": source, "suites": suites, "failed_or_errored": bad}
     page.section(title, f"From {source}. " + (f"**{bad} failed or errored.**" if bad else "No failures."))

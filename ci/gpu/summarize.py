@@ -5,21 +5,17 @@ from __future__ import annotations
 import glob
 import json
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tools.nightly_report import junit_cases  # noqa: E402  (the one JUnit reader)
 
 
 def junit(path: Path) -> list[tuple[str, str]]:
     if not path.exists():
         return [(path.stem, "not run")]
-    rows = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        status = "pass"
-        for tag in ("failure", "error", "skipped"):
-            if case.find(tag) is not None:
-                status = "skip" if tag == "skipped" else "FAIL"
-        rows.append((case.get("name"), status))
-    return rows
+    return [(name, {"fail": "FAIL", "error": "FAIL"}.get(kind, kind)) for name, kind in junit_cases(path)]
 
 
 def main(out: Path) -> None:
