@@ -17,9 +17,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TVM_FFI_CACHE_DIR=/tmp/tvmffi
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin  # sglang's JIT kernels
 eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/card.txt"
-python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
-cat "$OUT/card.txt"
+bash ci/gpu/card.sh "$OUT"
 declare -A RC
 STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,soak,latency}  # run a subset across several device calls
 step() {  # name timeout cmd...

@@ -19,11 +19,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TVM_FFI_CACHE_DIR=/tmp/tvmffi
 if [ -z "${SKIP_INSTALL:-}" ]; then
   eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
 fi
-if [ ! -s "$OUT/card.txt" ]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1 > "$OUT/card.txt"
-  python3 -c 'import sglang, torch, triton; print("sglang", sglang.__version__, "torch", torch.__version__, "triton", triton.__version__)' >> "$OUT/card.txt"
-fi
-cat "$OUT/card.txt"
+bash ci/gpu/card.sh "$OUT"
 PARTS=${REPORT_PARTS:-sweep,ncu}
 # REPORT_GPUS=0,1[,2,3] (several GPUs): the sweep runs on the first GPU while the ncu
 # sessions share the remaining GPUs, all at once.
