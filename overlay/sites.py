@@ -15,6 +15,7 @@ capture staging (.graph_stage), SCV's verify (.scv). State lives on the target
 from __future__ import annotations
 
 import logging
+import weakref
 
 from sglang_nwor_scv import debug_checks, graph_stage, sync_check
 from sglang_nwor_scv.commit import commit_after_accept  # noqa: F401  (call site "after_accept")
@@ -32,7 +33,16 @@ from sglang_nwor_scv.state import (  # noqa: F401  (patched modules call declare
 
 logger = logging.getLogger("sglang_nwor_scv")
 
-_BACKEND_ATTR = "_nwor_scv_stage"  # on the target runner's attention backend
+# The open stage of each target runner's attention backend (looked up by the backend,
+# never stored on it).
+_open_stage: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stage_of(backend):
+    try:
+        return _open_stage.get(backend)
+    except TypeError:  # not a backend (None, or an object without weak references)
+        return None
 
 
 # ---------------------------------------------------------------- verify forward
@@ -49,8 +59,8 @@ def begin_verify_forward(model_runner, forward_batch) -> None:
     st.stage = VerifyStage(pool=pool, out_cache_loc=forward_batch.out_cache_loc,
                            num_layers=len(pool.k_buffer))
     # The eager and graph runners hand attention a copy of the batch (static
-    # buffers), so the open stage hangs off the attention backend instead.
-    setattr(model_runner.attn_backend, _BACKEND_ATTR, st.stage)
+    # buffers), so the open stage is found by the attention backend instead.
+    _open_stage[model_runner.attn_backend] = st.stage
     if modes().debug:
         with sync_check.allowed():
             st.debug_snapshot = debug_checks.poison_window(pool, forward_batch.out_cache_loc)
@@ -72,8 +82,8 @@ def end_verify_forward(model_runner, forward_batch, ok: bool, graph_replayed: bo
     if stage is None:
         return _flush_unstaged(st)
     stage.closed = ok
-    if getattr(model_runner.attn_backend, _BACKEND_ATTR, None) is stage:
-        setattr(model_runner.attn_backend, _BACKEND_ATTR, None)
+    if _stage_of(model_runner.attn_backend) is stage:
+        del _open_stage[model_runner.attn_backend]
     if not ok:
         st.stage = None  # the step failed: never commit what it staged
         return
@@ -111,7 +121,7 @@ def stage_kv(backend, forward_batch, layer, k, v, k_scale=None, v_scale=None) ->
     captured = graph_stage.stage_captured(backend, forward_batch, layer, k, v, k_scale, v_scale)
     if captured is not None:
         return captured
-    stage = getattr(backend, _BACKEND_ATTR, None)
+    stage = _stage_of(backend)
     if stage is None or stage.closed or k is None or v is None:
         return False
     if not forward_batch.forward_mode.is_target_verify():
@@ -132,7 +142,7 @@ def fused_kv_write_allowed(forward_batch) -> bool:
         from sglang.srt.model_executor.forward_context import get_attn_backend, has_forward_context
     except ImportError:  # no forward context: staging will see no rows -> upstream path
         return True
-    stage = getattr(get_attn_backend(), _BACKEND_ATTR, None) if has_forward_context() else None
+    stage = _stage_of(get_attn_backend()) if has_forward_context() else None
     return stage is None or stage.closed
 
 

@@ -19,8 +19,10 @@ from sglang_nwor_scv.metrics import Metrics
 
 logger = logging.getLogger("sglang_nwor_scv")
 
-_STATE_ATTR = "_nwor_scv_state"
-_by_pool: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KV pool -> RunnerState
+# Looked up by the upstream object, never stored on it: model runner -> RunnerState,
+# KV pool -> RunnerState.
+_by_runner: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_by_pool: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RunnerState:
@@ -71,16 +73,15 @@ def _process_rank() -> int:
 
 
 def runner_state(model_runner) -> RunnerState:
-    st = getattr(model_runner, _STATE_ATTR, None)
+    st = _by_runner.get(model_runner)
     if st is None:
-        st = RunnerState(model_runner)
-        setattr(model_runner, _STATE_ATTR, st)
+        st = _by_runner[model_runner] = RunnerState(model_runner)
     return st
 
 
 def existing_state(model_runner) -> RunnerState | None:
     """The runner's state if a verify forward created it (never creates one)."""
-    return getattr(model_runner, _STATE_ATTR, None) if model_runner is not None else None
+    return _by_runner.get(model_runner) if model_runner is not None else None
 
 
 def state_for_pool(pool) -> RunnerState | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from tests.stand_ins import Obj
+
 import pytest
 import torch
 
@@ -29,8 +31,8 @@ def _runner(backend=None, pool=None, algo="NGRAM", **args):
         pool = MHATokenToKVPool(size=16, page_size=1, dtype=torch.float32, head_num=1,
                                 head_dim=4, layer_num=1, device="cpu", enable_memory_saver=False)
     server_args = SimpleNamespace(speculative_algorithm=algo, enable_multi_layer_eagle=False, **args)
-    return SimpleNamespace(attn_backend=backend, token_to_kv_pool=pool, server_args=server_args,
-                           is_draft_worker=False)
+    return Obj(attn_backend=backend, token_to_kv_pool=pool, server_args=server_args,
+               is_draft_worker=False)
 
 
 def test_supported_configuration_is_accepted():

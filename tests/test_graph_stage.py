@@ -14,6 +14,8 @@ import gc
 import weakref
 from types import SimpleNamespace
 
+from tests.stand_ins import Obj
+
 import pytest
 import torch
 
@@ -42,7 +44,7 @@ def _runner(algorithm="NGRAM"):
                             head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False)
     for buf in [*pool.k_buffer, *pool.v_buffer]:
         buf.fill_(-7.0)
-    return SimpleNamespace(attn_backend=SimpleNamespace(token_to_kv_pool=pool), token_to_kv_pool=pool,
+    return Obj(attn_backend=Obj(token_to_kv_pool=pool), token_to_kv_pool=pool,
                            server_args=SimpleNamespace(speculative_algorithm=algorithm))
 
 

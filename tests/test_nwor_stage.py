@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from tests.stand_ins import Obj
+
 import pytest
 import torch
 
@@ -41,8 +43,8 @@ def _runner():
                             enable_memory_saver=False)
     for buf in list(pool.k_buffer) + list(pool.v_buffer):
         buf.fill_(-7.0)  # poison: any row the test does not expect written keeps it
-    backend = SimpleNamespace(token_to_kv_pool=pool)
-    return SimpleNamespace(attn_backend=backend, token_to_kv_pool=pool)
+    backend = Obj(token_to_kv_pool=pool)
+    return Obj(attn_backend=backend, token_to_kv_pool=pool)
 
 
 def _verify_batch(slots):
