@@ -11,6 +11,7 @@ import importlib
 import logging
 
 from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check
+from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -102,11 +103,17 @@ HOOKS = {
 PLUGIN_ONLY = frozenset({"graph_capture", "ngram_mask"})
 
 
+def _wanted(name: str) -> bool:
+    """Opt-in sites are hooked only when switched on: no wrapper on the step's path."""
+    return name != "ngram_mask" or modes().ngram_mask
+
+
 def register_all(adapter) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for name, target in adapter.TARGETS.items():
-        HookRegistry.register(target, HOOKS[name], HookType.AROUND)
+        if _wanted(name):
+            HookRegistry.register(target, HOOKS[name], HookType.AROUND)
     sites.set_wiring_check(lambda: applied(adapter))
 
 

@@ -10,8 +10,9 @@ then puts the full mask, built in one launch from that device tree mask and
 builds the full mask (``USE_FULL_MASK`` on, not a CPU build); a grammar batch keeps
 upstream's path (its host mask is read later).
 
-Off unless ``SGLANG_SCV_NGRAM_MASK=1`` until a GPU run has checked it against
-upstream in the engine (the kernel is checked against upstream's loop on the CPU).
+Hooked only with ``SGLANG_SCV_NGRAM_MASK=1`` (sglang_nwor_scv.hooks), until a GPU run
+has checked it against upstream in the engine (the kernel is checked against upstream's
+loop on the CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
 _counts = {"kernel": 0}
@@ -28,7 +28,7 @@ _counts = {"kernel": 0}
 def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     """AROUND ``NGRAMWorker._prepare_for_speculative_decoding``."""
     module = sys.modules[type(worker).__module__]
-    wanted = (modes().ngram_mask and getattr(module, "USE_FULL_MASK", False)
+    wanted = (getattr(module, "USE_FULL_MASK", False)
               and not getattr(module, "_is_cpu", True) and not getattr(batch, "has_grammar", False))
     if not wanted:
         return original(worker, batch, *args, **kwargs)

@@ -52,3 +52,22 @@ def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_pa
     assert on.outputs == off.outputs
     t = json.loads(totals.read_text())
     assert t["ngram_mask_kernel"] > 0 and t["violations"] == 0, t
+
+
+@pytest.mark.parametrize("switch,hooked", [("0", False), ("1", True)])
+def test_the_mask_site_is_hooked_only_when_switched_on(monkeypatch, switch, hooked):
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_nwor_scv import config, hooks
+    from sglang_nwor_scv.adapters import v0_5_23
+
+    monkeypatch.setenv("SGLANG_SCV_NGRAM_MASK", switch)
+    config.modes.cache_clear()
+    targets = []
+    monkeypatch.setattr(HookRegistry, "register", classmethod(lambda cls, target, *a: targets.append(target)))
+    try:
+        hooks.register_all(v0_5_23)
+    finally:
+        config.modes.cache_clear()
+    assert (v0_5_23.TARGETS["ngram_mask"] in targets) is hooked
+    assert v0_5_23.TARGETS["model_forward"] in targets
