@@ -17,11 +17,8 @@ loop on the CPU).
 
 from __future__ import annotations
 
-import logging
 import sys
 
-
-logger = logging.getLogger("sglang_nwor_scv")
 _counts = {"kernel": 0}
 
 
