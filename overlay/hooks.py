@@ -70,14 +70,8 @@ def around_fused_kv_gate(original, forward_batch, *args, **kwargs):
 
 
 def around_graph_capture(original, self, size, *args, **kwargs):
-    token = sites.begin_graph_capture(self, size)
-    ok = False
-    try:
-        out = original(self, size, *args, **kwargs)
-        ok = True
-        return out
-    finally:
-        sites.end_graph_capture(self, size, token, ok)
+    with sites.graph_capture(self, size):
+        return original(self, size, *args, **kwargs)
 
 
 def around_verify_greedy(original, *args, **kwargs):
@@ -100,7 +94,7 @@ HOOKS = {
 
 
 # Sites only the plugin wires (opt-in features the patch series does not carry).
-PLUGIN_ONLY = frozenset({"graph_capture", "ngram_mask"})
+PLUGIN_ONLY = frozenset({"ngram_mask"})
 
 
 def _wanted(name: str) -> bool:

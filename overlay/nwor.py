@@ -11,6 +11,7 @@ step that failed between staging and commit can never leak into a later step.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -37,9 +38,8 @@ class VerifyStage:
     closed: bool = False  # the forward returned normally
     plan: object = None  # a KVCommitPlan reused across steps (a CUDA-graph bucket's static K/V)
 
-    @property
-    def rows(self) -> int:
-        return int(self.out_cache_loc.numel())
+    def __post_init__(self) -> None:
+        self.rows = int(self.out_cache_loc.numel())  # read once: add() runs per layer
 
     def add(self, layer_id: int, k, v, k_scale=None, v_scale=None) -> None:
         if layer_id in self.layers:
@@ -58,8 +58,15 @@ class VerifyStage:
                accept_lens: torch.Tensor | None = None) -> None:
         """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers
         (``dst_window``: ``dst_slots`` are positions in it; ``accept_lens``: counted too)."""
-        plan = self.plan if self.plan is not None else commit_plan(self.pool, self.layers)
-        plan.launch(src_rows, dst_slots, committed, dst_window=dst_window, accept_lens=accept_lens)
+        if self.plan is not None:  # a CUDA-graph bucket's: its K/V tensors stay
+            self.plan.launch(src_rows, dst_slots, committed, dst_window=dst_window,
+                             accept_lens=accept_lens)
+            return
+        plan = eager_commit_plan(self.pool, self.layers)
+        try:
+            plan.launch(src_rows, dst_slots, committed, dst_window=dst_window, accept_lens=accept_lens)
+        finally:
+            plan.release_sources()
 
     def flush_all(self) -> None:
         """Write every staged row to its own slot: exactly what upstream would have done."""
@@ -73,14 +80,49 @@ def commit_plan(pool, layers: dict[int, StagedLayer]):
     so a CUDA-graph bucket, whose staged K/V never move, builds it once."""
     from sglang_nwor_scv.kernels.commit_kv import KVCommitPlan
 
-    ids = sorted(layers)
+    ids, k_src, v_src, k_scales, v_scales = _sources(layers)
     start = getattr(pool, "start_layer", 0) or 0
-    staged = [layers[i] for i in ids]
     k_dst = [pool.k_buffer[i - start] for i in ids]
     v_dst = [pool.v_buffer[i - start] for i in ids]
-    k_src = [s.k.view(s.k.shape[0], -1, k_dst[0].shape[-1]) for s in staged]
-    v_src = [s.v.view(s.v.shape[0], -1, v_dst[0].shape[-1]) for s in staged]
+    k_src = [_as_heads(x, k_dst[0].shape[-1]) for x in k_src]
+    v_src = [_as_heads(x, v_dst[0].shape[-1]) for x in v_src]
+    return KVCommitPlan(k_src, v_src, k_dst, v_dst, k_scales, v_scales, kv_dtype=pool.dtype)
+
+
+# pool -> (layer ids, the last eager step's plan, its sources released after the launch)
+_eager_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def eager_commit_plan(pool, layers: dict[int, StagedLayer]):
+    """The commit plan of an eager verify step (new K/V tensors every step): the pool's
+    last eager plan rebound to this step's addresses when the layout is the same (the
+    usual case: the same model code at the same batch shape), else a new plan. The
+    caller releases its sources after the launch.
+
+    The staged tensors are offered to ``rebind`` as they are: when they are already
+    ``[T, H, D]`` (RadixAttention's K/V) they have the plan's layout; any other shape
+    never matches, and those steps build a plan each (correct, slower)."""
+    try:
+        kept_ids, plan = _eager_plans.get(pool, (None, None))
+    except TypeError:  # a pool without weak references: no reuse
+        return commit_plan(pool, layers)
+    ids, k_src, v_src, k_scales, v_scales = _sources(layers)
+    if plan is not None and kept_ids == ids and plan.rebind(k_src, v_src, k_scales, v_scales):
+        return plan
+    plan = commit_plan(pool, layers)
+    _eager_plans[pool] = (ids, plan)
+    return plan
+
+
+def _sources(layers: dict[int, StagedLayer]):
+    """(layer ids, K and V tensors as staged, K and V scales or None) in layer order."""
+    ids = sorted(layers)
+    staged = [layers[i] for i in ids]
     k_scales, v_scales = [s.k_scale for s in staged], [s.v_scale for s in staged]
     if all(x is None for x in k_scales + v_scales):
         k_scales = v_scales = None
-    return KVCommitPlan(k_src, v_src, k_dst, v_dst, k_scales, v_scales, kv_dtype=pool.dtype)
+    return ids, [s.k for s in staged], [s.v for s in staged], k_scales, v_scales
+
+
+def _as_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x if x.dim() == 3 and x.shape[2] == head_dim else x.view(x.shape[0], -1, head_dim)

@@ -14,6 +14,7 @@ capture staging (.graph_stage), SCV's verify (.scv). State lives on the target
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 
@@ -147,6 +148,19 @@ def fused_kv_write_allowed(forward_batch) -> bool:
 
 
 # ---------------------------------------------------------------- CUDA-graph capture
+@contextlib.contextmanager
+def graph_capture(graph_runner, size):
+    """Around the capture of one verify bucket (``capture_one_shape``): staged at
+    capture when graph staging is on, with the capture's outcome recorded."""
+    token = begin_graph_capture(graph_runner, size)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        end_graph_capture(graph_runner, size, token, ok)
+
+
 def begin_graph_capture(graph_runner, size):
     """Open a capture stage for one verify bucket (graph staging on)."""
     mode = getattr(graph_runner, "capture_forward_mode", None)

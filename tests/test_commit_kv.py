@@ -366,6 +366,54 @@ def test_plan_is_reused_without_rebuilding():
     assert int(committed) == 5
 
 
+def test_rebind_to_new_sources_commits_them_and_refuses_another_layout():
+    """The eager-step pattern: new K/V tensors every step. A plan rebound to sources of
+    its layout commits those sources (not the old ones); sources of another layout
+    (strides, dtype, layer count, rows) are refused, and a released plan refuses to
+    launch until rebound."""
+    gen = torch.Generator().manual_seed(11)
+    kd = poisoned(16, 2, 8, torch.bfloat16, 3, gen)
+    vd = poisoned(16, 2, 8, torch.bfloat16, 3, gen)
+    kd_ref, vd_ref = [t.clone() for t in kd], [t.clone() for t in vd]
+    ks, vs = make_sources(3, 4, 2, 8, 8, torch.bfloat16, "fused", gen)
+    plan = KVCommitPlan(ks, vs, kd, vd)
+    plan.release_sources()
+    with pytest.raises(ValueError, match="released"):
+        plan.launch(torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+    for step, (s, d) in enumerate([([0, 2], [5, 6]), ([1, 3], [9, 1])]):
+        ks, vs = make_sources(3, 4, 2, 8, 8, torch.bfloat16, "fused", gen)  # new tensors
+        assert plan.rebind(ks, vs)
+        src, dst = torch.tensor(s), torch.tensor(d)
+        plan.launch(src, dst)
+        plan.release_sources()
+        commit_accepted_kv_ref(ks, vs, kd_ref, vd_ref, src, dst)
+        for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
+            assert torch.equal(as_bytes(a), as_bytes(b)), f"step {step}"
+    for other in (make_sources(3, 4, 2, 8, 8, torch.bfloat16, "head_major", gen),
+                  make_sources(3, 4, 2, 8, 8, torch.float16, "fused", gen),
+                  make_sources(2, 4, 2, 8, 8, torch.bfloat16, "fused", gen),
+                  make_sources(3, 5, 2, 8, 8, torch.bfloat16, "fused", gen)):
+        assert not plan.rebind(*other)
+    ks, vs = make_sources(3, 4, 2, 8, 8, torch.bfloat16, "fused", gen)
+    ks[1] = ks[1].clone()  # one layer with other strides
+    assert not plan.rebind(ks, vs)
+
+
+def test_rebind_keeps_the_scales_it_was_built_with():
+    """FP8: the scale table is read at build, so only the same scale objects (or equal
+    numbers) may reuse it."""
+    gen = torch.Generator().manual_seed(12)
+    ks, vs = make_sources(2, 4, 2, 8, 8, torch.bfloat16, "plain", gen)
+    kd = poisoned(8, 2, 8, torch.float8_e4m3fn, 2, gen)
+    vd = poisoned(8, 2, 8, torch.float8_e4m3fn, 2, gen)
+    k_scales, v_scales = [torch.tensor(0.5), torch.tensor(2.0)], [1.5, 3.0]
+    plan = KVCommitPlan(ks, vs, kd, vd, k_scales, v_scales, kv_dtype=torch.float8_e4m3fn)
+    assert plan.rebind(ks, vs, list(k_scales), [1.5, 3.0])
+    assert not plan.rebind(ks, vs, [torch.tensor(0.5), torch.tensor(2.0)], v_scales)
+    assert not plan.rebind(ks, vs, k_scales, [1.5, 4.0])
+    assert not plan.rebind(ks, vs, None, None)
+
+
 @pytest.mark.parametrize("loc_dtype", [torch.int64, torch.int32])
 def test_window_positions_and_accepted_count_in_the_same_launch(loc_dtype):
     """SCV hands the commit window positions, not slots; the commit maps them through

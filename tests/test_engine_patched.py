@@ -45,7 +45,8 @@ _IMPORT_CHECK = r"""
 import importlib, sys
 mods = ["sglang.srt.model_executor.model_runner", "sglang.srt.layers.attention.triton_backend",
         "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils",
-        "sglang.kernels.ops.speculative.spec_tree"]
+        "sglang.kernels.ops.speculative.spec_tree",
+        "sglang.srt.model_executor.runner.decode_cuda_graph_runner"]
 sys.modules["sglang_nwor_scv"] = None  # the package is not installed
 loaded = [importlib.import_module(m) for m in mods]
 assert all(m.__file__.startswith(sys.argv[1]) for m in loaded), [m.__file__ for m in loaded]
@@ -56,6 +57,19 @@ from sglang_nwor_scv import hooks, sites, state
 assert all(m._nwor_sites is sites for m in loaded)
 assert state._wired == set(hooks.HOOKS) - hooks.PLUGIN_ONLY, state._wired
 assert not state.missing_sites()
+# The capture site is the plugin's own; the forward's graph replay reaches the stage.
+model_runner, graph_runner = loaded[0], loaded[-1]
+assert graph_runner._nwor_graph_capture is sites.graph_capture
+import types
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
+seen = []
+sites.begin_verify_forward = lambda runner, fb: None  # spies: record what the site gets
+sites.end_verify_forward = lambda runner, fb, ok, replayed: seen.append((ok, replayed))
+for replayed in (False, True):
+    with model_runner._nwor_verify_forward(None, types.SimpleNamespace(
+            forward_mode=ForwardMode.TARGET_VERIFY)) as step:
+        step["graph_replayed"] = replayed
+assert seen == [(True, False), (True, True)], seen
 print("ok")
 """
 

@@ -14,7 +14,7 @@ from tests.stand_ins import Obj
 import pytest
 import torch
 
-from sglang_nwor_scv import sites, state
+from sglang_nwor_scv import nwor, sites, state
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.graph_stage import BucketStage
 from sglang_nwor_scv.kernels.move_kv import move_accepted_kv_ref
@@ -94,6 +94,60 @@ def test_commit_writes_only_accepted_rows():
         untouched = [i for i in range(pool.k_buffer[layer_id].shape[0]) if i not in (10, 11, 20)]
         assert (pool.k_buffer[layer_id][untouched] == -7.0).all()
         assert (pool.v_buffer[layer_id][untouched] == -7.0).all()
+
+
+def test_eager_steps_rebind_one_plan_and_commit_each_steps_rows():
+    """Eager verify steps stage new tensors every step: the pool's plan is rebound to
+    them (not rebuilt), commits exactly each step's accepted rows, and holds no step's
+    K/V after its commit; a step with another layout gets a plan of its own."""
+    runner = _runner()
+    worker = SimpleNamespace(model_runner=runner)
+    pool = runner.token_to_kv_pool
+    plans = []
+    for step, base in enumerate((10, 20, 30)):
+        fb = _verify_batch([base, base + 1, base + 2, base + 3])
+        sites.begin_verify_forward(runner, fb)
+        kv = _stage_all_layers(runner, fb, seed=step)
+        sites.end_verify_forward(runner, fb, ok=True)
+        lens, idx = _accept(1, [2 + step % 2])
+        sites.commit_after_accept(worker, fb, lens, idx, N)
+        kept_ids, plan = nwor._eager_plans[pool]
+        assert plan._sources is None  # released after its launch
+        plans.append(plan)
+        n = 2 + step % 2
+        for layer_id, (k, v) in enumerate(kv):
+            assert torch.equal(pool.k_buffer[layer_id][base:base + n], k[:n]), step
+            assert torch.equal(pool.v_buffer[layer_id][base:base + n], v[:n]), step
+            assert (pool.k_buffer[layer_id][base + n:base + 4] == -7.0).all(), step
+    assert plans[0] is plans[1] is plans[2]
+    # Head-major K (other strides): a new plan, still the right rows.
+    fb = _verify_batch([40, 41, 42, 43])
+    sites.begin_verify_forward(runner, fb)
+    ks = [torch.randn(HEADS, 4, DIM).transpose(0, 1) for _ in range(LAYERS)]
+    for layer_id, k in enumerate(ks):
+        assert sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=layer_id), k, k + 1)
+    sites.end_verify_forward(runner, fb, ok=True)
+    lens, idx = _accept(1, [3])
+    sites.commit_after_accept(worker, fb, lens, idx, N)
+    assert nwor._eager_plans[pool][1] is not plans[0]
+    for layer_id, k in enumerate(ks):
+        assert torch.equal(pool.k_buffer[layer_id][40:43], k[:3])
+        assert torch.equal(pool.v_buffer[layer_id][40:43], k[:3] + 1)
+    # Flat [T, H * D] K/V never match a plan's [T, H, D] layout: a plan per step, right rows.
+    seen = set()
+    for base in (44, 48):
+        fb = _verify_batch([base, base + 1, base + 2, base + 3])
+        sites.begin_verify_forward(runner, fb)
+        ks = [torch.randn(4, HEADS * DIM) for _ in range(LAYERS)]
+        for layer_id, k in enumerate(ks):
+            assert sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=layer_id), k, k - 1)
+        sites.end_verify_forward(runner, fb, ok=True)
+        sites.commit_after_accept(worker, fb, lens, idx, N)
+        seen.add(id(nwor._eager_plans[pool][1]))
+        for layer_id, k in enumerate(ks):
+            assert torch.equal(pool.k_buffer[layer_id][base:base + 3].flatten(1), k[:3])
+            assert torch.equal(pool.v_buffer[layer_id][base:base + 3].flatten(1), k[:3] - 1)
+    assert len(seen) == 2
 
 
 def test_committed_tree_path_is_not_moved_again():
