@@ -4,6 +4,7 @@ tests run the real SGLang engine (on the CPU through tests/cpu_shims)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,3 +40,22 @@ def tiny_models() -> Path:
     from tools.make_tiny_models import ensure
 
     return ensure(Path(os.environ.get("NWOR_SCV_FIXTURES", REPO / ".fixtures" / "tiny")))
+
+
+@pytest.fixture(scope="session")
+def patched_site(tmp_path_factory) -> Path:
+    """A site-packages-like directory holding a copy of the installed sglang, patched with
+    tools/apply.sh (engines put it first on their import path: the patch series instead
+    of the plugin)."""
+    import sglang
+
+    site = tmp_path_factory.mktemp("patched-site")
+    # __pycache__ comes along: the .pyc of a patched file is stale (mtime/size) and rebuilt.
+    subprocess.run(["cp", "-a", str(Path(sglang.__file__).resolve().parent), str(site / "sglang")],
+                   check=True)
+    r = subprocess.run(["bash", str(REPO / "tools" / "apply.sh"), str(site)],
+                       capture_output=True, text=True)
+    series = (REPO / "patches" / f"sglang-{sglang.__version__}" / "series").read_text()
+    count = sum(1 for line in series.splitlines() if line.strip() and not line.startswith("#"))
+    assert r.returncode == 0 and f"applied {count} patches" in r.stdout, r.stdout + r.stderr
+    return site

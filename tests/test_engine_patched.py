@@ -23,22 +23,7 @@ from tools.make_tiny_models import encode
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[1]
 INSTALLED = Path(sglang.__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def patched_site(tmp_path_factory) -> Path:
-    """A site-packages-like directory holding a patched copy of the installed sglang."""
-    site = tmp_path_factory.mktemp("patched-site")
-    # __pycache__ comes along: the .pyc of a patched file is stale (mtime/size) and rebuilt.
-    subprocess.run(["cp", "-a", str(INSTALLED), str(site / "sglang")], check=True)
-    r = subprocess.run(["bash", str(REPO / "tools" / "apply.sh"), str(site)],
-                       capture_output=True, text=True)
-    series = (REPO / "patches" / f"sglang-{sglang.__version__}" / "series").read_text()
-    count = sum(1 for line in series.splitlines() if line.strip() and not line.startswith("#"))
-    assert r.returncode == 0 and f"applied {count} patches" in r.stdout, r.stdout + r.stderr
-    return site
 
 
 _IMPORT_CHECK = r"""

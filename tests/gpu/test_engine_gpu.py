@@ -109,6 +109,22 @@ def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
     _check_steps(on.steps, graph=True)
 
 
+def test_patched_tree_stages_graph_verify_steps(tiny_models, patched_site):
+    """The patch series instead of the plugin (plugin off, patched sglang first on the
+    path), CUDA graphs on, no variable set: verify buckets captured without KV writes
+    (patch 0006) and every replayed step committing its accepted rows (0001 passes
+    graph_replayed), checked every step; outputs identical to upstream."""
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
+    patched = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, max_new_tokens=48,
+                         extra_pythonpath=(str(patched_site),), **kw)
+    print("PATCHED-GRAPHS identical", off.outputs == patched.outputs, "steps", len(patched.steps),
+          "committed", sum(s["committed"] for s in patched.steps), flush=True)
+    assert off.outputs == patched.outputs
+    _check_steps(patched.steps, graph=True)
+
+
 def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
     """EAGLE3 (topk 2 tree) with a dummy-weight draft head on a 4-layer Llama-3-8B-shaped
     target (dummy weights, acceptance set by SGLANG_SIMULATE_ACC_LEN), CUDA graphs on."""
