@@ -89,28 +89,31 @@ def commit_plan(pool, layers: dict[int, StagedLayer]):
     return KVCommitPlan(k_src, v_src, k_dst, v_dst, k_scales, v_scales, kv_dtype=pool.dtype)
 
 
-# pool -> (layer ids, the last eager step's plan, its sources released after the launch)
+# pool -> (layer ids, the pool's k_buffer and v_buffer lists, the last eager step's plan,
+# its sources released after the launch)
 _eager_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def eager_commit_plan(pool, layers: dict[int, StagedLayer]):
     """The commit plan of an eager verify step (new K/V tensors every step): the pool's
     last eager plan rebound to this step's addresses when the layout is the same (the
-    usual case: the same model code at the same batch shape), else a new plan. The
-    caller releases its sources after the launch.
+    usual case: the same model code at the same batch shape) and the pool still has the
+    buffers the plan writes to, else a new plan. The caller releases its sources after
+    the launch.
 
     The staged tensors are offered to ``rebind`` as they are: when they are already
     ``[T, H, D]`` (RadixAttention's K/V) they have the plan's layout; any other shape
     never matches, and those steps build a plan each (correct, slower)."""
     try:
-        kept_ids, plan = _eager_plans.get(pool, (None, None))
+        kept_ids, kept_k, kept_v, plan = _eager_plans.get(pool, (None, None, None, None))
     except TypeError:  # a pool without weak references: no reuse
         return commit_plan(pool, layers)
     ids, k_src, v_src, k_scales, v_scales = _sources(layers)
-    if plan is not None and kept_ids == ids and plan.rebind(k_src, v_src, k_scales, v_scales):
+    if (plan is not None and kept_ids == ids and kept_k is pool.k_buffer and kept_v is pool.v_buffer
+            and plan.rebind(k_src, v_src, k_scales, v_scales)):
         return plan
     plan = commit_plan(pool, layers)
-    _eager_plans[pool] = (ids, plan)
+    _eager_plans[pool] = (ids, pool.k_buffer, pool.v_buffer, plan)
     return plan
 
 

@@ -66,6 +66,13 @@ def _stage_all_layers(runner, fb, seed):
     return kv
 
 
+def _stage_all_layers_detached(seed):
+    """Staged layers like _stage_all_layers', outside any stage (same layout)."""
+    g = torch.Generator().manual_seed(seed)
+    return {i: sites.StagedLayer(torch.randn(4, HEADS, DIM, generator=g),
+                                 torch.randn(4, HEADS, DIM, generator=g)) for i in range(LAYERS)}
+
+
 def _allocator(runner):
     return SimpleNamespace(get_kvcache=lambda: runner.token_to_kv_pool)
 
@@ -111,7 +118,7 @@ def test_eager_steps_rebind_one_plan_and_commit_each_steps_rows():
         sites.end_verify_forward(runner, fb, ok=True)
         lens, idx = _accept(1, [2 + step % 2])
         sites.commit_after_accept(worker, fb, lens, idx, N)
-        kept_ids, plan = nwor._eager_plans[pool]
+        plan = nwor._eager_plans[pool][-1]
         assert plan._sources is None  # released after its launch
         plans.append(plan)
         n = 2 + step % 2
@@ -129,7 +136,7 @@ def test_eager_steps_rebind_one_plan_and_commit_each_steps_rows():
     sites.end_verify_forward(runner, fb, ok=True)
     lens, idx = _accept(1, [3])
     sites.commit_after_accept(worker, fb, lens, idx, N)
-    assert nwor._eager_plans[pool][1] is not plans[0]
+    assert nwor._eager_plans[pool][-1] is not plans[0]
     for layer_id, k in enumerate(ks):
         assert torch.equal(pool.k_buffer[layer_id][40:43], k[:3])
         assert torch.equal(pool.v_buffer[layer_id][40:43], k[:3] + 1)
@@ -143,11 +150,32 @@ def test_eager_steps_rebind_one_plan_and_commit_each_steps_rows():
             assert sites.stage_kv(runner.attn_backend, fb, SimpleNamespace(layer_id=layer_id), k, k - 1)
         sites.end_verify_forward(runner, fb, ok=True)
         sites.commit_after_accept(worker, fb, lens, idx, N)
-        seen.add(id(nwor._eager_plans[pool][1]))
+        seen.add(id(nwor._eager_plans[pool][-1]))
         for layer_id, k in enumerate(ks):
             assert torch.equal(pool.k_buffer[layer_id][base:base + 3].flatten(1), k[:3])
             assert torch.equal(pool.v_buffer[layer_id][base:base + 3].flatten(1), k[:3] - 1)
     assert len(seen) == 2
+    # The pool's buffers replaced (a re-created pool): the kept plan would write to the
+    # old ones, so a new plan is built and the rows land in the new buffers.
+    fb = _verify_batch([56, 57, 58, 59])  # a step of the usual layout first: its plan is kept
+    sites.begin_verify_forward(runner, fb)
+    _stage_all_layers(runner, fb, seed=7)
+    sites.end_verify_forward(runner, fb, ok=True)
+    sites.commit_after_accept(worker, fb, *_accept(1, [2]), N)
+    kept = nwor._eager_plans[pool][-1]
+    assert kept.rebind(*nwor._sources(_stage_all_layers_detached(seed=7))[1:3])
+    kept.release_sources()
+    pool.k_buffer = [torch.full_like(b, -7.0) for b in pool.k_buffer]
+    fb = _verify_batch([52, 53, 54, 55])
+    sites.begin_verify_forward(runner, fb)
+    kv = _stage_all_layers(runner, fb, seed=8)
+    sites.end_verify_forward(runner, fb, ok=True)
+    before = nwor._eager_plans[pool][-1]
+    lens, idx = _accept(1, [2])
+    sites.commit_after_accept(worker, fb, lens, idx, N)
+    assert nwor._eager_plans[pool][-1] is not before
+    for layer_id, (k, _) in enumerate(kv):
+        assert torch.equal(pool.k_buffer[layer_id][52:54], k[:2])
 
 
 def test_committed_tree_path_is_not_moved_again():
