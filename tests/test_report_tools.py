@@ -395,3 +395,27 @@ def test_range_replay_rows_say_window_time_and_skip_kernel_columns(tmp_path):
     assert "window time us" in md and "kernel time us" not in md
     assert "Application range replay" in md
     assert "40.0% fewer bytes than `nwor_off_scv_off`\n" in md  # no "(KV-write kernels: – fewer)"
+
+
+def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
+    """ci/gpu/summarize.py: one row per compute-sanitizer tool, its own ERROR SUMMARY
+    count (the last one in the log), and a cut run (no summary) said as such."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "summarize", Path(__file__).resolve().parents[1] / "ci" / "gpu" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    san = tmp_path / "sanitizer"
+    san.mkdir()
+    (san / "memcheck.log").write_text("========= COMPUTE-SANITIZER\n========= ERROR SUMMARY: 0 errors\n")
+    (san / "memcheck.xml").write_text(
+        '<testsuites><testsuite><testcase classname="t" name="a"/>'
+        '<testcase classname="t" name="b"><failure message="x"/></testcase></testsuite></testsuites>')
+    (san / "racecheck.log").write_text("========= ERROR SUMMARY: 2 errors\n"
+                                       "========= ERROR SUMMARY: 3 errors\n")
+    (san / "initcheck.log").write_text("========= COMPUTE-SANITIZER\n")
+    rows = {tool: (errors, tests) for tool, errors, tests in summarize.sanitizer_rows(tmp_path)}
+    assert rows["memcheck"] == ("0", str({"pass": 1, "FAIL": 1, "skip": 0}))
+    assert rows["racecheck"][0] == "3"
+    assert rows["initcheck"][0].startswith("no summary")

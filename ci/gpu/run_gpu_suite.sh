@@ -8,6 +8,8 @@
 #   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
 #   soak     tools/soak.py: 128 concurrent HTTP streams, drops, retraction, vs upstream
 #   latency  tools/measure_latency.py: interleaved ms/verify step with CIs, host time by phase
+#   sanitizer compute-sanitizer memcheck, racecheck, initcheck on the kernel tests (real and
+#            edge shapes: bs 1, padded buckets, one entry, all padding, empty); logs in $OUT/sanitizer
 # Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
 # Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
@@ -19,7 +21,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TVM_FFI_CACHE_DIR=/tmp/tvmffi
 eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
 bash ci/gpu/card.sh "$OUT"
 declare -A RC
-STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,soak,latency}  # run a subset across several device calls
+STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,soak,latency,sanitizer}  # run a subset across several device calls
 step() {  # name timeout cmd...
   local name=$1 t=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || return 0
@@ -45,5 +47,21 @@ step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --strea
 step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \
   --spec ngram-tree-n8 --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
   --tokens 512 --repeats 5 ${LATENCY_ARGS:-}
+# Uncached allocations (every tensor its own cudaMalloc) so memcheck sees out-of-bounds
+# accesses that would land inside a caching-allocator block. Timing-only and host-sync tests
+# are left out (they check nothing the sanitizer adds and are slow under it).
+SAN_TESTS=${SAN_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
+  tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_ngram_mask.py}
+SAN_K=${SAN_K:-"not every_16bit and not fp32_source and not sync and not one_launch"}
+if [[ ",$STEPS," == *",sanitizer,"* ]]; then
+  command -v compute-sanitizer > /dev/null || echo "=== sanitizer: compute-sanitizer not on PATH"
+  mkdir -p "$OUT/sanitizer"
+  for tool in memcheck racecheck initcheck; do
+    STEPS=sanitizer-$tool PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "sanitizer-$tool" \
+      "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      --log-file "$OUT/sanitizer/$tool.log" python3 -m pytest -q -p no:cacheprovider $SAN_TESTS \
+      -k "$SAN_K" --benchmark-disable --junitxml="$OUT/sanitizer/$tool.xml"
+  done
+fi
 python3 ci/gpu/summarize.py "$OUT" > "$OUT/summary.md" 2>&1; tail -n 60 "$OUT/summary.md"
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,19 @@ def junit(path: Path) -> list[tuple[str, str]]:
     return [(name, {"fail": "FAIL", "error": "FAIL"}.get(kind, kind)) for name, kind in junit_cases(path)]
 
 
+def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
+    """(tool, errors, tests) per compute-sanitizer log of the suite's sanitizer step. The
+    error count is the sanitizer's own ``ERROR SUMMARY`` (its last, whole-process one);
+    a log without it means the run was cut."""
+    rows = []
+    for log in sorted((out / "sanitizer").glob("*.log")):
+        found = re.findall(r"ERROR SUMMARY: (\d+) error", log.read_text(errors="replace"))
+        cases = junit(log.with_suffix(".xml"))
+        counts = {s: sum(1 for _, st in cases if st == s) for s in ("pass", "FAIL", "skip")}
+        rows.append((log.stem, found[-1] if found else "no summary (cut?)", str(counts)))
+    return rows
+
+
 def main(out: Path) -> None:
     card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "?"
     print(f"# GPU suite\n\n```\n{card}\n```\n")
@@ -28,6 +42,12 @@ def main(out: Path) -> None:
         for n, st in rows:
             if st != "pass" or name == "engine":
                 print(f"- {st}: {n}")
+        print()
+    san = sanitizer_rows(out)
+    if san:
+        print("## compute-sanitizer\n\n| tool | errors | tests |\n|---|---|---|")
+        for tool, errors, tests in san:
+            print(f"| {tool} | {errors} | {tests} |")
         print()
     bench = out / "bench.json"
     if bench.exists() and bench.stat().st_size:
