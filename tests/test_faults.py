@@ -1,4 +1,5 @@
-"""Fault injection in the real engine (CPU): NaN logits on chosen verify steps.
+"""Fault injection in the real engine (CPU): NaN logits on chosen verify steps, and an
+exception inside chosen verify forwards followed by a retry of the same step.
 
 A test-only plugin (tests/fault_injection, whitelisted beside ours) fills the target's
 verify logits with NaN on verify steps 2 and 5, identically with the NWOR/SCV plugin on
@@ -9,6 +10,8 @@ the verify forward, between acceptance and commit) are in tests/test_nwor_stage.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -32,3 +35,33 @@ def test_nan_logits_on_some_verify_steps(spec, tiny_models):
     assert on.outputs == off.outputs
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps
     assert all(s["poison_ok"] and s["outside_ok"] and s["commit_ok"] for s in on.steps)
+
+
+@pytest.mark.parametrize("spec", ["ngram-tree", "standalone-chain"])
+def test_exception_inside_verify_forward_then_retry(spec, tiny_models, tmp_path):
+    """Verify forwards 2 and 5 raise in layer 1 (layer 0 already staged, or written by
+    upstream) and the worker runs the same forward again. With the plugin the failed
+    attempt's stage is dropped, never committed (two verify forwards more than commits),
+    the retry stages afresh, and outputs equal upstream's under the same fault and the
+    fault-free run, every step checked."""
+    prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
+
+    def run(plugin_on, name):
+        log, totals = tmp_path / f"{name}.faults", tmp_path / f"{name}.totals.json"
+        env = {"NWOR_SCV_FAULT": "raise_in_verify:2,5", "NWOR_SCV_FAULT_LOG": str(log),
+               "SGLANG_NWOR_SCV_TOTALS": str(totals)}
+        r = run_engine(spec, tiny_models, prompts, plugin_on=plugin_on, extra_env=env,
+                       extra_pythonpath=(FAULTS,), extra_plugins=("fault_injection",),
+                       max_new_tokens=20)
+        return r, log.read_text().split("\n")[:-1], totals
+
+    off, off_faults, _ = run(False, "off")
+    on, on_faults, totals = run(True, "on")
+    clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20)
+    assert off_faults == on_faults == ["raise_in_verify 2", "raise_in_verify 5"]
+    assert on.outputs == off.outputs == clean.outputs
+    assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps
+    assert all(s["poison_ok"] and s["outside_ok"] and s["commit_ok"] for s in on.steps)
+    t = json.loads(totals.read_text())
+    assert t["verify_steps"] == len(on.steps) + 2, (t, len(on.steps))
+    assert t["violations"] == 0 and t["committed"] == t["accepted"], t

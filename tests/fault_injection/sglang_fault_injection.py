@@ -1,27 +1,70 @@
 """Test-only SGLang plugin: injects a fault into chosen verify steps (tests/test_faults.py).
 
-``NWOR_SCV_FAULT=nan_logits:3,7`` fills the target model's logits with NaN after the
-verify forwards number 3 and 7 of this scheduler process (counted from 0), the same way
-with the NWOR/SCV plugin on or off, so their outputs must stay identical. It replaces
-nothing upstream does; it only corrupts what the verify forward returned.
+``NWOR_SCV_FAULT=<kind>:3,7`` faults the verify forwards number 3 and 7 of this scheduler
+process (counted from 0, retries not counted), the same way with the NWOR/SCV plugin on
+or off, so their outputs must stay identical. Kinds:
+
+- ``nan_logits``: fill the target model's verify logits with NaN after the forward;
+- ``raise_in_verify``: raise inside the verify forward, in layer 1's attention (layer 0's
+  K/V already staged or written), then run the same forward again, as a worker that
+  retries a failed step would. The retry must not see anything of the failed attempt.
+
+``NWOR_SCV_FAULT_LOG`` names a file that gets one line per injected fault, so a test can
+tell that the fault really happened. Nothing upstream does is replaced.
 """
 
 from __future__ import annotations
 
 import os
 
+
+class InjectedFault(RuntimeError):
+    """The exception ``raise_in_verify`` raises (and catches) inside a verify forward."""
+
+
 _seen = {"verify": 0}
+_armed = {"raise": False}
+
+
+def _fault_for(index: int) -> str | None:
+    kind, _, steps = os.environ.get("NWOR_SCV_FAULT", "").partition(":")
+    return kind if str(index) in steps.split(",") else None
+
+
+def _log(kind: str, index: int) -> None:
+    path = os.environ.get("NWOR_SCV_FAULT_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{kind} {index}\n")
 
 
 def _around_forward(original, self, batch, *args, **kwargs):
+    if not kwargs.get("is_verify"):
+        return original(self, batch, *args, **kwargs)
+    index = _seen["verify"]
+    _seen["verify"] += 1
+    kind = _fault_for(index)
+    if kind == "raise_in_verify":
+        _armed["raise"] = True
+        try:
+            return original(self, batch, *args, **kwargs)
+        except InjectedFault:
+            _log(kind, index)
+            return original(self, batch, *args, **kwargs)  # the retry
+        finally:
+            _armed["raise"] = False
     out = original(self, batch, *args, **kwargs)
-    if kwargs.get("is_verify"):
-        kind, _, steps = os.environ.get("NWOR_SCV_FAULT", "").partition(":")
-        index = _seen["verify"]
-        _seen["verify"] += 1
-        if kind == "nan_logits" and str(index) in steps.split(","):
-            out.logits_output.next_token_logits.fill_(float("nan"))
+    if kind == "nan_logits":
+        out.logits_output.next_token_logits.fill_(float("nan"))
+        _log(kind, index)
     return out
+
+
+def _around_attention(original, self, *args, **kwargs):
+    if _armed["raise"] and getattr(self, "layer_id", None) == 1:
+        _armed["raise"] = False
+        raise InjectedFault("injected: exception inside the verify forward (layer 1)")
+    return original(self, *args, **kwargs)
 
 
 def install() -> None:
@@ -29,3 +72,5 @@ def install() -> None:
 
     HookRegistry.register("sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation",
                           _around_forward, HookType.AROUND)
+    HookRegistry.register("sglang.srt.layers.radix_attention.RadixAttention.forward",
+                          _around_attention, HookType.AROUND)
