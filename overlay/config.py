@@ -123,7 +123,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_NWOR_MODE", "nwor", "`off`, `stage`", "stage",
            "stage verify K/V, commit accepted rows only", _choice(NWOR_MODES)),
     Switch("SGLANG_SCV_MODE", "scv", "`off`, `vectorized`, `graph`", "vectorized",
-           "fused acceptance kernel (`graph`: see docs/status.md)", _choice(SCV_MODES)),
+           "fused acceptance kernel (`graph`: the same kernel as `vectorized` until "
+           "per-bucket capture is built)", _choice(SCV_MODES)),
     Switch("SGLANG_NWOR_GRAPH", "graph_stage", "`auto`, boolean", "auto",
            "also stage CUDA-graph verify steps (buckets within `SGLANG_NWOR_GRAPH_MAX_MB`); "
            "`auto`: for the algorithms whose graph path has run on a GPU with every check "
