@@ -110,3 +110,26 @@ def test_bad_switch_value_serves_upstream(tiny_models, capfd):
     err = capfd.readouterr().err
     assert "SGLANG_NWOR_MODE='bogus' is not one of off, stage" in err
     assert "upstream SGLang runs unmodified" in err
+
+
+@pytest.mark.parametrize("simulated", [False, True], ids=["dummy-head", "simulated-acceptance"])
+def test_eagle3_tree_outputs_identical_and_invariants(simulated, tiny_models, tmp_path):
+    """EAGLE3 (topk 2 tree) with a dummy-weight head on the tiny target: the EAGLE v2
+    worker's verify path with staging. The head accepts almost nothing, so a second run
+    sets SGLANG_SIMULATE_ACC_LEN: upstream then replaces accept_index after verify, and
+    the commit builds its own list (the SCV list belongs to the replaced tensor)."""
+    from tools.make_tiny_models import write_eagle3_head
+
+    head = write_eagle3_head(tiny_models / "target", tmp_path / "eagle3")
+    prompts = [encode(p) for p in PROMPTS]
+    kw = dict(speculative_algorithm="EAGLE3", speculative_draft_model_path=str(head),
+              speculative_draft_load_format="dummy", speculative_num_steps=2,
+              speculative_eagle_topk=2, speculative_num_draft_tokens=4, max_new_tokens=16,
+              extra_env={"SGLANG_SIMULATE_ACC_LEN": "2.5"} if simulated else None)
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, **kw)
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, **kw)
+    assert off.outputs == on.outputs
+    assert all(len(o) > 0 for o in on.outputs)
+    _check_steps(on, expect_rows_per_req=4, expect_scv=not simulated)
+    if simulated:  # the simulated path really accepted drafts
+        assert sum(s["committed"] for s in on.steps) > sum(s["bs"] for s in on.steps)

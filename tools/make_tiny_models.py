@@ -111,6 +111,20 @@ def ensure(out: Path) -> Path:
     return out
 
 
+def write_eagle3_head(target: Path, out: Path) -> Path:
+    """An EAGLE3 draft head for the tiny target, config only (run it with
+    ``speculative_draft_load_format="dummy"``): one layer of the target's width reading
+    the target's layer-0 output. Its random weights accept almost nothing; the EAGLE3
+    worker, its tree and the verify path it drives are what a test exercises."""
+    cfg = json.loads((target / "config.json").read_text())
+    cfg.update(architectures=["LlamaForCausalLMEagle3"], num_hidden_layers=1,
+               draft_vocab_size=cfg["vocab_size"],
+               eagle_config={"eagle_aux_hidden_state_layer_ids": [0], "use_aux_hidden_state": True})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
