@@ -132,7 +132,19 @@ def wants_capture(graph_runner) -> bool:
     if mode is None or not mode.is_target_verify():
         return False
     return not (getattr(graph_runner, "ragged_verify_mode", False)
-                or getattr(graph_runner, "enable_pdmux", False))
+                or getattr(graph_runner, "enable_pdmux", False)
+                or _graphs_per_size(graph_runner) > 1)
+
+
+def _graphs_per_size(graph_runner) -> int:
+    """How many graphs the runner captures per batch size: one per LoRA variant (lora /
+    nolora) times one per attention variant. A bucket is keyed by its size only, so
+    runners that capture several graphs per size keep upstream's writes (staging one
+    graph of a size and replaying another would commit the wrong graph's K/V)."""
+    lora = 2 if getattr(graph_runner, "record_nolora_graph", False) else 1
+    variants = getattr(graph_runner, "attention_graph_variants", None)
+    labels = getattr(variants, "capture_labels", None) if variants is not None else None
+    return lora * (len(labels) if labels else 1)
 
 
 def begin_capture(graph_runner, size, state):

@@ -412,6 +412,16 @@ def test_rebind_keeps_the_scales_it_was_built_with():
     assert not plan.rebind(ks, vs, [torch.tensor(0.5), torch.tensor(2.0)], v_scales)
     assert not plan.rebind(ks, vs, k_scales, [1.5, 4.0])
     assert not plan.rebind(ks, vs, None, None)
+    # A weight reload updates the same scale tensor in place: rebind re-reads it.
+    k_scales[1].copy_(torch.tensor(4.0))
+    assert plan.rebind(ks, vs, k_scales, v_scales)
+    src, dst = torch.tensor([0, 3]), torch.tensor([2, 5])
+    kd_ref, vd_ref = [t.clone() for t in kd], [t.clone() for t in vd]
+    plan.launch(src, dst)
+    commit_accepted_kv_ref(ks, vs, kd_ref, vd_ref, src, dst, k_scales, v_scales,
+                           kv_dtype=torch.float8_e4m3fn)
+    for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
+        assert torch.equal(as_bytes(a), as_bytes(b))
 
 
 @pytest.mark.parametrize("loc_dtype", [torch.int64, torch.int32])

@@ -139,6 +139,20 @@ def test_auto_stages_the_algorithms_verified_on_a_gpu(monkeypatch, algorithm, sw
     assert (4 in state.runner_state(runner).graph.buckets) is staged
 
 
+@pytest.mark.parametrize("variants", [dict(record_nolora_graph=True),
+                                      dict(attention_graph_variants=SimpleNamespace(
+                                          capture_labels=("dense", "sparse")))])
+def test_several_graphs_per_size_keep_upstream_writes(variants):
+    """LoRA (lora / nolora) or attention graph variants capture several graphs per batch
+    size; a bucket keyed by size could hold only one of them, so none is staged."""
+    runner = _runner()
+    assert graph_stage.wants_capture(_graph_runner(runner))
+    assert not graph_stage.wants_capture(SimpleNamespace(**vars(_graph_runner(runner)), **variants))
+    one_label = SimpleNamespace(capture_labels=("dense",))
+    assert graph_stage.wants_capture(SimpleNamespace(**vars(_graph_runner(runner)),
+                                                     attention_graph_variants=one_label))
+
+
 def test_graph_staging_off_switch(monkeypatch):
     monkeypatch.setenv("SGLANG_NWOR_GRAPH", "off")
     config.modes.cache_clear()
