@@ -36,6 +36,11 @@ class RunnerState:
         if not self.refusal and missing_sites():
             # Staging without its commit site would lose KV rows: never half-wire.
             self.refusal = f"call sites not wired: {sorted(missing_sites())}"
+        both = both_ways_in()
+        if both:
+            logger.warning("sglang-nwor-scv: a patched SGLang tree and the plugin both wire %s; "
+                           "it works, but verify steps are counted twice. Leave the plugin out "
+                           "of SGLANG_PLUGINS on a patched tree (docs/patches.md)", sorted(both))
         self.stage = None  # the open VerifyStage of this step, if any
         self.committed_window = None  # out_cache_loc of the window NWOR committed this step
         self.graph = GraphStaging()
@@ -106,6 +111,11 @@ def set_wiring_check(check) -> None:
     """The plugin passes a function that lists the hooks really applied."""
     global _wiring_check
     _wiring_check = check
+
+
+def both_ways_in() -> set[str]:
+    """Sites wired by the patched tree and hooked by the plugin at the same time."""
+    return set(_wired) & (_wiring_check() if _wiring_check else set())
 
 
 def missing_sites() -> set[str]:

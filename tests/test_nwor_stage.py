@@ -317,3 +317,18 @@ def test_graph_bucket_commit_plan_is_built_once_and_follows_replays():
             assert torch.equal(pool.v_buffer[layer_id][[slots[3], slots[6]]][:, :1, :1],
                                torch.full((2, 1, 1), -7.0)), step  # rejected: never written
     assert plans[0] is not None and plans[0] is plans[1] is st.graph.buckets[bucket].plan
+
+
+def test_patched_tree_and_plugin_both_active_is_said_once_per_runner(monkeypatch, caplog):
+    """Both ways in at once (a patched tree with the plugin loaded) still works, but the
+    runner's log says so and how to fix it."""
+    monkeypatch.setattr(state, "_wired", {"model_forward", "stage_kv"})
+    monkeypatch.setattr(state, "_wiring_check", lambda: {"model_forward", "after_accept"})
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        sites.runner_state(_runner())
+    assert any("both wire ['model_forward']" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(state, "_wiring_check", None)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        sites.runner_state(_runner())
+    assert not any("both wire" in r.getMessage() for r in caplog.records)
