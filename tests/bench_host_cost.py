@@ -22,6 +22,7 @@ import torch
 
 memory_pool = pytest.importorskip("sglang.srt.mem_cache.memory_pool", reason="the pool is SGLang's")
 
+import gc  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -98,3 +99,115 @@ def test_rebind_vs_new_plan_interleaved(benchmark, pool, rounds=60, steps=100, t
                                 steps_per_round=steps, per_variant=stats,
                                 rebind_vs_new_plan=diff)
     assert diff is not None and diff["n"] == rounds
+
+
+class _LaunchClock:
+    """Wraps a Triton kernel object (module attribute) so the host time of each launch
+    (``kernel[grid](...)``: Triton's dispatch on a GPU, the interpreter's run on the
+    CPU) is measured and can be subtracted from the plugin's site time. The kernel runs
+    unchanged; this only reads the clock around it."""
+
+    def __init__(self, kernel, clock):
+        self.kernel, self.clock = kernel, clock
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            t0 = time.perf_counter_ns()
+            try:
+                return self.kernel[grid](*args, **kwargs)
+            finally:
+                self.clock["ns"] += time.perf_counter_ns() - t0
+                self.clock["launches"] += 1
+        return launch
+
+
+def test_plugin_step_host_us_outside_launches(benchmark, monkeypatch, steps=20):
+    """The plugin's own host work in one replayed (CUDA-graph) verify step, launches
+    excluded: open/close the stage on a staged bucket, SCV's fused verify, the commit,
+    the move site. Upstream's buffers (eagle_sample's) are made outside the clock. Host
+    work here does not depend on the layer count (the bucket's plan is built once), so
+    the CPU run uses a small pool; a GPU run uses the Llama-3-8B KV shape at bs 32.
+
+    Read the GPU figure. On the CPU the Triton interpreter runs inside each launch and
+    leaves the caches cold for the code after it (KVCommitPlan.launch's checks: 19.6 us
+    right after an interpreted launch, 1.1 us in a loop of checks, 2026-12-05), so the
+    CPU figure overstates the plugin's own work several times."""
+    from types import SimpleNamespace
+
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from sglang_nwor_scv import config, sites, state
+    from sglang_nwor_scv.graph_stage import BucketStage
+    from sglang_nwor_scv.kernels import commit_kv, verify_accept
+    from tests.stand_ins import Obj
+    from tests.test_verify_accept import make_case
+
+    monkeypatch.setenv("SGLANG_NWOR_MODE", "stage")
+    monkeypatch.setenv("SGLANG_NWOR_SCV_DEBUG", "0")
+    monkeypatch.delenv("SGLANG_NWOR_SCV_STEP_LOG", raising=False)
+    config.modes.cache_clear()
+    monkeypatch.setattr(state, "nwor_refusal", lambda runner: None)
+    monkeypatch.setattr(state, "missing_sites", lambda: set())
+    gpu = DEV.type == "cuda"
+    bs, n = (32, 8) if gpu else (8, 8)
+    layers, heads, dim = (LAYERS, KV_HEADS, HEAD_DIM) if gpu else (2, 2, 8)
+    pool = memory_pool.MHATokenToKVPool(size=bs * n * 4, page_size=1, dtype=torch.bfloat16,
+                                        head_num=heads, head_dim=dim, layer_num=layers,
+                                        device=str(DEV), enable_memory_saver=False)
+    runner = Obj(attn_backend=Obj(token_to_kv_pool=pool), token_to_kv_pool=pool,
+                 decode_cuda_graph_runner=SimpleNamespace(bs=bs))
+    worker = SimpleNamespace(model_runner=runner)
+    allocator = SimpleNamespace(get_kvcache=lambda: pool)
+    bucket = {i: StagedLayer(torch.randn(bs * n, heads, dim, device=DEV).to(torch.bfloat16),
+                             torch.randn(bs * n, heads, dim, device=DEV).to(torch.bfloat16))
+              for i in range(layers)}
+    st = sites.runner_state(runner)
+    st.graph.buckets[bs] = BucketStage(bucket, commit_plan(pool, bucket), bs * n, 0)
+    case = make_case("ngram", bs, seed=3, n=n, device=DEV)
+    clock = {"ns": 0, "launches": 0}
+    monkeypatch.setattr(commit_kv, "commit_accepted_kv_kernel",
+                        _LaunchClock(commit_kv.commit_accepted_kv_kernel, clock))
+    monkeypatch.setattr(verify_accept, "_verify_accept_greedy_kernel",
+                        _LaunchClock(verify_accept._verify_accept_greedy_kernel, clock))
+
+    def one_step(step):
+        fb = SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY,
+                             out_cache_loc=case.out_cache_loc + step % 2)
+        predicts = torch.zeros(bs * n, dtype=torch.int32, device=DEV)  # eagle_sample's buffers
+        accept_index = torch.full((bs, case.max_depth), -1, dtype=torch.int32, device=DEV)
+        accept_num = torch.empty(bs, dtype=torch.int32, device=DEV)
+        launch_ns, t0 = clock["ns"], time.perf_counter_ns()
+        sites.begin_verify_forward(runner, fb)
+        sites.end_verify_forward(runner, fb, ok=True, graph_replayed=True)
+        sites.try_verify_greedy(predicts, accept_index, accept_num, *case.args()[:4],
+                                case.target_predict)
+        t1 = time.perf_counter_ns()
+        accept_lens = accept_num + 1  # upstream's, between the two sites: off the clock
+        t1b = time.perf_counter_ns()
+        sites.commit_after_accept(worker, fb, accept_lens, accept_index, n)
+        done = sites.accept_move(fb, accept_index, accept_num, allocator)
+        t2 = time.perf_counter_ns()
+        assert done and st.committed_window is None  # committed, and the move stood aside
+        return (t1 - t0) + (t2 - t1b), clock["ns"] - launch_ns
+
+    def measure():
+        # The interpreter (CPU) allocates heavily inside each launch; a garbage collection
+        # it triggers could land in the plugin's clock, so collect between steps instead.
+        out = []
+        for i in range(steps):
+            gc.collect()
+            gc.disable()
+            try:
+                out.append(one_step(i))
+            finally:
+                gc.enable()
+        return out
+
+    runs = benchmark.pedantic(measure, rounds=1, iterations=1)[2:]  # first steps: warm-up
+    outside = [(total - launch) / 1e3 for total, launch in runs]
+    benchmark.extra_info.update(
+        device=DEV.type, bs=bs, n=n, layers=layers, steps=len(runs),
+        launches_per_step=clock["launches"] / steps,
+        plugin_host_us_outside_launches_median=statistics.median(outside),
+        plugin_host_us_outside_launches_ci95=list(bootstrap_ci(outside)))
+    assert clock["launches"] == 2 * steps  # SCV's kernel and the commit, nothing else
