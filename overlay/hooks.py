@@ -93,12 +93,12 @@ HOOKS = {
 }
 
 
-# Sites only the plugin wires (opt-in features the patch series does not carry).
+# Sites only the plugin wires (features the patch series does not carry).
 PLUGIN_ONLY = frozenset({"ngram_mask"})
 
 
 def _wanted(name: str) -> bool:
-    """Opt-in sites are hooked only when switched on: no wrapper on the step's path."""
+    """A site switched off is not hooked at all: no wrapper on the step's path."""
     return name != "ngram_mask" or modes().ngram_mask
 
 

@@ -52,9 +52,21 @@ def test_supported_version_registers_each_adapter_target_once(monkeypatch, clean
     plugin.register()
     plugin.register()  # idempotent
     hooks = clean_registry._hooks
-    # every site, except the opt-in NGRAM mask site (SGLANG_SCV_NGRAM_MASK, off by default)
-    assert set(hooks) == set(v0_5_23.TARGETS.values()) - {v0_5_23.TARGETS["ngram_mask"]}
+    assert set(hooks) == set(v0_5_23.TARGETS.values())  # the NGRAM mask site is on by default
     assert all(len(v) == 1 for v in hooks.values())
+
+
+def test_ngram_mask_switched_off_is_not_hooked(monkeypatch, clean_registry):
+    from sglang_nwor_scv.adapters import v0_5_23
+
+    monkeypatch.setenv("SGLANG_SCV_NGRAM_MASK", "off")
+    config.reload()
+    try:
+        plugin.register()
+        assert set(clean_registry._hooks) == set(v0_5_23.TARGETS.values()) - {v0_5_23.TARGETS["ngram_mask"]}
+    finally:
+        monkeypatch.delenv("SGLANG_SCV_NGRAM_MASK")
+        config.reload()
 
 
 def test_force_version_selects_adapter(monkeypatch):

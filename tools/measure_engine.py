@@ -46,17 +46,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.engine_run import REPO, engine_kwargs, has_cuda  # noqa: E402
 from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
 
-_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off"}
+_NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off"}
+_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK}
 _NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
-MODES = {  # name -> (plugin loaded, environment)
+MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave the rest off
     "plugin-off": (False, {}),
     "plugin-off-native-move": (False, _NATIVE),
     "upstream": (True, _OFF),
     "upstream-native-move": (True, {**_OFF, **_NATIVE}),
     "default": (True, {}),
-    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off"}),
-    "nwor": (True, {"SGLANG_SCV_MODE": "off"}),
-    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off"}),
+    "default-no-mask": (True, _NO_MASK),
+    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK}),
+    "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK}),
+    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK}),
+    "ngram-mask": (True, {**_OFF, "SGLANG_SCV_NGRAM_MASK": "on"}),
     "no-spec": (False, {}),  # plain decoding: no speculative algorithm, no plugin
 }
 PLAIN_DECODING = frozenset({"no-spec"})
