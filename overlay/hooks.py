@@ -93,8 +93,8 @@ HOOKS = {
 }
 
 
-# Sites only the plugin wires (features the patch series does not carry).
-PLUGIN_ONLY = frozenset({"ngram_mask"})
+# Sites only the plugin wires (features the patch series does not carry): none today.
+PLUGIN_ONLY: frozenset[str] = frozenset()
 
 
 def _wanted(name: str) -> bool:

@@ -10,24 +10,42 @@ then puts the full mask, built in one launch from that device tree mask and
 builds the full mask (``USE_FULL_MASK`` on, not a CPU build); a grammar batch keeps
 upstream's path (its host mask is read later).
 
-Hooked only with ``SGLANG_SCV_NGRAM_MASK=1`` (sglang_nwor_scv.hooks), until a GPU run
-has checked it against upstream in the engine (the kernel is checked against upstream's
-loop on the CPU).
+Both ways in run the same two functions: the plugin's AROUND hook below, and patch 0007's
+call site inside that method (``wanted`` then ``full_mask``). On by default
+(``SGLANG_SCV_NGRAM_MASK``): the kernel's engine run under CUDA graphs on an H200 gave
+identical outputs (reports/gpu/2026-12-05-h200-run24-engine-kernels), and upstream's loop
+is most of NGRAM's draft time at bs >= 32 (run 23).
 """
 
 from __future__ import annotations
 
 import sys
 
+from sglang_nwor_scv.config import modes
+
 _counts = {"kernel": 0}
+
+
+def wanted(batch) -> bool:
+    """Build this batch's full mask with the kernel? (switched on; a grammar batch keeps
+    upstream's path: its host mask is read later)."""
+    return modes().ngram_mask and not getattr(batch, "has_grammar", False)
+
+
+def full_mask(tree_mask, batch, num_draft: int):
+    """The full verify mask of ``batch`` from the device draft-tree mask, one launch."""
+    from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask
+
+    bs = len(batch.reqs)
+    _counts["kernel"] += 1
+    return full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu[:bs], num_draft)
 
 
 def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     """AROUND ``NGRAMWorker._prepare_for_speculative_decoding``."""
     module = sys.modules[type(worker).__module__]
-    wanted = (getattr(module, "USE_FULL_MASK", False)
-              and not getattr(module, "_is_cpu", True) and not getattr(batch, "has_grammar", False))
-    if not wanted:
+    if not (getattr(module, "USE_FULL_MASK", False) and not getattr(module, "_is_cpu", True)
+            and wanted(batch)):
         return original(worker, batch, *args, **kwargs)
     module.USE_FULL_MASK = False  # one scheduler thread: restored before anyone else reads it
     try:
@@ -35,13 +53,8 @@ def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     finally:
         module.USE_FULL_MASK = True
     if batch.forward_mode.is_target_verify():
-        from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask
-
         spec = batch.spec_info
-        bs = len(batch.reqs)
-        spec.custom_mask = full_tree_mask(spec.custom_mask, batch.seq_lens, batch.seq_lens_cpu[:bs],
-                                          spec.draft_token_num)
-        _counts["kernel"] += 1
+        spec.custom_mask = full_mask(spec.custom_mask, batch, spec.draft_token_num)
     return out
 
 

@@ -8,8 +8,9 @@ or the runner is ineligible.
 This module holds the verify stage's life cycle (open before the verify forward,
 stage each layer's K/V, close after) and names the other sites, which live with
 their jobs: the commit (sglang_nwor_scv.commit), the KV move (.move), graph
-capture staging (.graph_stage), SCV's verify (.scv). State lives on the target
-``ModelRunner`` (sglang_nwor_scv.state), not in globals.
+capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask
+(.ngram_mask). State lives on the target ``ModelRunner`` (sglang_nwor_scv.state),
+not in globals.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from sglang_nwor_scv.commit import commit_after_accept  # noqa: F401  (call site
 from sglang_nwor_scv.commit import flush_metrics
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.move import accept_move  # noqa: F401  (call site "accept_move")
+from sglang_nwor_scv.ngram_mask import full_mask as ngram_full_mask  # noqa: F401  (site "ngram_mask")
+from sglang_nwor_scv.ngram_mask import wanted as ngram_mask_wanted  # noqa: F401
 from sglang_nwor_scv.nwor import StagedLayer, VerifyStage  # noqa: F401  (tests build stages)
 from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 from sglang_nwor_scv.state import (  # noqa: F401  (patched modules call declare_wired)

@@ -10,6 +10,7 @@ hold the debug poison, no pool row outside the commit list changed.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ _IMPORT_CHECK = r"""
 import importlib, sys
 mods = ["sglang.srt.model_executor.model_runner", "sglang.srt.layers.attention.triton_backend",
         "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils",
-        "sglang.kernels.ops.speculative.spec_tree",
+        "sglang.kernels.ops.speculative.spec_tree", "sglang.srt.speculative.ngram_worker",
         "sglang.srt.model_executor.runner.decode_cuda_graph_runner"]
 sys.modules["sglang_nwor_scv"] = None  # the package is not installed
 loaded = [importlib.import_module(m) for m in mods]
@@ -68,11 +69,16 @@ def test_patched_modules_import_with_and_without_the_package(patched_site):
 
 
 @pytest.mark.parametrize("spec", ["ngram-tree", "standalone-tree"])
-def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site):
+def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site, tmp_path):
     prompts = [encode(p) for p in PROMPTS]
     upstream = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    totals = tmp_path / "totals.json"
     patched = run_engine(spec, tiny_models, prompts, plugin_on=False,
-                         extra_pythonpath=(str(patched_site),))
+                         extra_pythonpath=(str(patched_site),),
+                         extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals),
+                                    "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
+    if spec.startswith("ngram"):  # patch 0007: the full mask came from the kernel
+        assert json.loads(totals.read_text())["ngram_mask_kernel"] > 0
     assert Path(sglang.__file__).resolve().parent == INSTALLED
     assert not upstream.steps, "unpatched, plugin-off run must not stage anything"
     assert patched.outputs == upstream.outputs

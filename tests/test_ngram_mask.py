@@ -46,8 +46,8 @@ def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_pa
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     totals = tmp_path / "totals.json"
     off = run_engine(spec, tiny_models, prompts, plugin_on=False)
-    on = run_engine(spec, tiny_models, prompts, plugin_on=True,
-                    extra_env={"SGLANG_SCV_NGRAM_MASK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True,  # the mask kernel is a default
+                    extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals),
                                "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
     assert on.outputs == off.outputs
     t = json.loads(totals.read_text())
