@@ -1,5 +1,6 @@
-"""Fault injection in the real engine (CPU): NaN logits on chosen verify steps, and an
-exception inside chosen verify forwards followed by a retry of the same step.
+"""Fault injection in the real engine (CPU; on a GPU the suite's ``faults`` step, CUDA
+graphs on): NaN logits on chosen verify steps, and an exception inside or right after
+chosen verify forwards followed by a retry of the same step.
 
 A test-only plugin (tests/fault_injection, whitelisted beside ours) fills the target's
 verify logits with NaN on verify steps 2 and 5, identically with the NWOR/SCV plugin on
@@ -43,22 +44,36 @@ def test_exception_inside_verify_forward_then_retry(spec, tiny_models, tmp_path)
     upstream) and the worker runs the same forward again. With the plugin the failed
     attempt's stage is dropped, never committed (two verify forwards more than commits),
     the retry stages afresh, and outputs equal upstream's under the same fault and the
-    fault-free run, every step checked."""
+    fault-free run, every step checked. Eager forwards (on a GPU too): the fault sits in
+    layer 1's Python attention, which a CUDA-graph replay does not run."""
+    _fault_then_retry("raise_in_verify", spec, tiny_models, tmp_path, disable_cuda_graph=True)
+
+
+@pytest.mark.parametrize("spec", ["ngram-tree", "standalone-chain"])
+def test_exception_after_verify_forward_then_retry(spec, tiny_models, tmp_path):
+    """Verify forwards 2 and 5 run whole, then raise before acceptance, and the worker runs
+    them again. On a GPU the forwards replay CUDA graphs (staged buckets, SGLang's
+    defaults); on the CPU they are eager. The first attempt's complete stage must be
+    dropped, never committed."""
+    _fault_then_retry("raise_after_verify", spec, tiny_models, tmp_path)
+
+
+def _fault_then_retry(kind, spec, tiny_models, tmp_path, **engine_kw):
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
 
     def run(plugin_on, name):
         log, totals = tmp_path / f"{name}.faults", tmp_path / f"{name}.totals.json"
-        env = {"NWOR_SCV_FAULT": "raise_in_verify:2,5", "NWOR_SCV_FAULT_LOG": str(log),
+        env = {"NWOR_SCV_FAULT": f"{kind}:2,5", "NWOR_SCV_FAULT_LOG": str(log),
                "SGLANG_NWOR_SCV_TOTALS": str(totals)}
         r = run_engine(spec, tiny_models, prompts, plugin_on=plugin_on, extra_env=env,
                        extra_pythonpath=(FAULTS,), extra_plugins=("fault_injection",),
-                       max_new_tokens=20)
+                       max_new_tokens=20, **engine_kw)
         return r, log.read_text().split("\n")[:-1], totals
 
     off, off_faults, _ = run(False, "off")
     on, on_faults, totals = run(True, "on")
-    clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20)
-    assert off_faults == on_faults == ["raise_in_verify 2", "raise_in_verify 5"]
+    clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20, **engine_kw)
+    assert off_faults == on_faults == [f"{kind} 2", f"{kind} 5"]
     assert on.outputs == off.outputs == clean.outputs
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps
     assert all(s["poison_ok"] and s["outside_ok"] and s["commit_ok"] for s in on.steps)

@@ -6,6 +6,7 @@
 #   move     tools/move_kv_repro.py: upstream's move vs native vs one-launch, timed + ncu
 #   memory   tools/graph_memory.py: what graph staging holds on the default bucket list
 #   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
+#   faults   tests/test_faults.py: NaN logits, exceptions inside / after verify forwards and retries
 #   soak     tools/soak.py: 128 concurrent HTTP streams, drops, retraction, vs upstream
 #   latency  tools/measure_latency.py: interleaved ms/verify step with CIs, host time by phase
 #   sanitizer compute-sanitizer memcheck, racecheck, initcheck on the kernel tests (real and
@@ -21,7 +22,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TVM_FFI_CACHE_DIR=/tmp/tvmffi
 eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
 bash ci/gpu/card.sh "$OUT"
 declare -A RC
-STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,soak,latency,sanitizer}  # run a subset across several device calls
+STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,faults,soak,latency,sanitizer}  # run a subset across several device calls
 step() {  # name timeout cmd...
   local name=$1 t=$2; shift 2
   [[ ",$STEPS," == *",$name,"* ]] || return 0
@@ -42,6 +43,8 @@ step move "${MOVE_TIMEOUT:-240}" python3 tools/move_kv_repro.py --out "$OUT" --n
 step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
   -k "${ENGINE_K:-not tp2 and not realistic}" --junitxml="$OUT/engine.xml"
+step faults "${FAULTS_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/test_faults.py \
+  --junitxml="$OUT/faults.xml"
 step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --streams 128 --requests 2 \
   --max-total-tokens 6000 --chunked-prefill 256 ${SOAK_ARGS:-}
 step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \

@@ -35,12 +35,12 @@ def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
 def main(out: Path) -> None:
     card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "?"
     print(f"# GPU suite\n\n```\n{card}\n```\n")
-    for name in ("kernels", "engine"):
+    for name in ("kernels", "engine", "faults"):
         rows = junit(out / f"{name}.xml")
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("pass", "FAIL", "skip")}
         print(f"## {name}: {counts}\n")
         for n, st in rows:
-            if st != "pass" or name == "engine":
+            if st != "pass" or name != "kernels":
                 print(f"- {st}: {n}")
         print()
     san = sanitizer_rows(out)

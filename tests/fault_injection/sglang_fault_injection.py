@@ -8,6 +8,10 @@ or off, so their outputs must stay identical. Kinds:
 - ``raise_in_verify``: raise inside the verify forward, in layer 1's attention (layer 0's
   K/V already staged or written), then run the same forward again, as a worker that
   retries a failed step would. The retry must not see anything of the failed attempt.
+  Eager forwards only: a CUDA-graph replay runs no Python attention.
+- ``raise_after_verify``: the verify forward runs whole (eager, or replayed from a CUDA
+  graph: every layer staged or written), then an exception before acceptance, then the
+  same forward again. Nothing of the first forward may be committed.
 
 ``NWOR_SCV_FAULT_LOG`` names a file that gets one line per injected fault, so a test can
 tell that the fault really happened. Nothing upstream does is replaced.
@@ -53,6 +57,13 @@ def _around_forward(original, self, batch, *args, **kwargs):
             return original(self, batch, *args, **kwargs)  # the retry
         finally:
             _armed["raise"] = False
+    if kind == "raise_after_verify":
+        try:
+            original(self, batch, *args, **kwargs)
+            raise InjectedFault("injected: exception after the verify forward returned")
+        except InjectedFault:
+            _log(kind, index)
+        return original(self, batch, *args, **kwargs)  # the retry
     out = original(self, batch, *args, **kwargs)
     if kind == "nan_logits":
         out.logits_output.next_token_logits.fill_(float("nan"))
