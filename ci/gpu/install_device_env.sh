@@ -36,14 +36,16 @@ if [ "$have" = "$WANT" ] && [ -z "${FORCE_WHEELHOUSE:-}" ]; then
   log "sglang $have already importable: using it (set FORCE_WHEELHOUSE=1 to install the wheelhouse)"
 else
   shopt -s nullglob; wheels=("$WH"/*.whl); shopt -u nullglob
-  if [ "${#wheels[@]}" -eq 0 ]; then
+  stamp="$SITE/.wheelhouse-installed"
+  if [ "${#wheels[@]}" -eq 0 ] && [ -f "$stamp" ]; then
+    log "no wheels carried: using the wheelhouse an earlier call installed in $SITE (warm machine)"
+  elif [ "${#wheels[@]}" -eq 0 ]; then
     log "no wheels in $WH (found sglang '${have:-none}', want $WANT): build them with"
     log "  tools/build_device_wheelhouse.sh   and carry .wheelhouse to the device"
     exit 1
   fi
-  stamp="$SITE/.wheelhouse-installed"
-  sig="$(cd "$WH" && ls -l -- *.whl | awk '{print $5, $NF}' | sha256sum | cut -c1-32)"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sig" ]; then
+  sig="$(cd "$WH" 2>/dev/null && ls -l -- *.whl 2>/dev/null | awk '{print $5, $NF}' | sha256sum | cut -c1-32)" || sig=""
+  if [ "${#wheels[@]}" -eq 0 ] || { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sig" ]; }; then
     log "wheelhouse already installed in $SITE"
   else
     log "installing ${#wheels[@]} wheels from $WH into $SITE"
@@ -55,6 +57,13 @@ else
   fi
   PP="$SITE"
   USED_WHEELHOUSE=1
+  # The full flashinfer (JIT sources), carried as .flashinfer/ (ci/gpu/build_flashinfer_carry.sh).
+  shopt -s nullglob; fi_wheels=("$REPO"/.flashinfer/flashinfer_python-*.whl); shopt -u nullglob
+  if [ "${#fi_wheels[@]}" -gt 0 ]; then
+    log "laying the full flashinfer over the trimmed one: ${fi_wheels[*]##*/}"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --disable-pip-version-check --target "$SITE" "${fi_wheels[@]}" >&2
+  fi
 fi
 
 # ---- the repo as an installed package (symlink shim + dist-info with entry points) ------------
@@ -137,7 +146,7 @@ PYEOF
 fi
 
 EXPORT="export PYTHONPATH=${PP:+$PP:}$REPO\${PYTHONPATH:+:\$PYTHONPATH}"
-if [ "$USED_WHEELHOUSE" = 1 ]; then
+if [ "$USED_WHEELHOUSE" = 1 ] && [ ! -d "$SITE/flashinfer/data/csrc" ]; then
   # the carried flashinfer is import-only (JIT sources trimmed): keep sglang off its kernels
   EXPORT="$EXPORT SGLANG_IS_FLASHINFER_AVAILABLE=false"
 fi

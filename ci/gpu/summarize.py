@@ -35,7 +35,7 @@ def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
 def main(out: Path) -> None:
     card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "?"
     print(f"# GPU suite\n\n```\n{card}\n```\n")
-    for name in ("kernels", "engine", "faults"):
+    for name in ("kernels", "engine", "faults", "flashinfer"):
         rows = junit(out / f"{name}.xml")
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("pass", "FAIL", "skip")}
         print(f"## {name}: {counts}\n")

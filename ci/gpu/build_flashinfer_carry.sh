@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The full flashinfer wheel (with the JIT sources the device wheelhouse strips), for a
+# FlashInfer call on the GPU machine. It goes to .flashinfer/ (git-ignored), 14.3 MiB.
+# Together with .wheelhouse (52.7 MiB) and the repository it is over the 64 MiB a call
+# carries, so a FlashInfer run takes two calls on one warm machine:
+#   1. carry [".wheelhouse"]:  bash ci/gpu/install_device_env.sh   (installs into /tmp/site)
+#   2. within the warm window, carry [".flashinfer"]:
+#      SUITE_STEPS=flashinfer bash ci/gpu/run_gpu_suite.sh
+#      install_device_env.sh then reuses /tmp/site, lays the full flashinfer over the trimmed
+#      one and leaves SGLANG_IS_FLASHINFER_AVAILABLE on.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DEST="$REPO/.flashinfer"
+PIN="$(grep -o '^flashinfer-python==[^ ]*' "$REPO/ci/device-wheelhouse.txt")"
+mkdir -p "$DEST"
+"${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux2014_x86_64 -d "$DEST" "$PIN"
+du -sh "$DEST"/*.whl
