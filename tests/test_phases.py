@@ -18,7 +18,7 @@ import pytest
 
 from sglang_nwor_scv.phases import PhaseClock
 from tools.engine_run import REPO
-from tools.measure_latency import bootstrap_ci, paired_difference, phase_delta
+from tools.measure_latency import bootstrap_ci, critical_path, paired_difference, phase_delta
 
 
 def _spin(ns: int) -> None:
@@ -112,3 +112,15 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
     totals = json.loads((tmp_path / "totals_default.json").read_text())
     assert totals["committed"] == totals["accepted"] > 0 and totals["violations"] == 0
     assert "| 2 | `default` |" in (tmp_path / "latency.md").read_text()
+
+
+def test_critical_path_sums_the_phases_around_the_verify_launch():
+    ph = {n: {"us": v} for n, v in {"loop.iteration": 10_000, "loop.recv": 50, "loop.input": 5,
+                                    "loop.schedule": 200, "loop.output": 100,
+                                    "spec.ngram.draft": 2_000, "forward.worker": 500,
+                                    "forward.model": 400, "spec.accept": 300, "spec.commit": 30,
+                                    "spec.kv_move": 150, "spec.ngram.corpus": 40}.items()}
+    c = critical_path({"phases_us": ph, "gpu_active": 75.0})
+    assert c == {"iteration": 10_000, "gpu_idle": 2_500, "before_launch": 2_855, "draft": 2_000,
+                 "after_launch": 520}  # forward.model is inside forward.worker: not counted twice
+    assert critical_path({"phases_us": ph, "gpu_active": None})["gpu_idle"] is None

@@ -264,6 +264,27 @@ def _median_phases(rows: list[dict]) -> dict:
                 "self_us": _median([r[n]["self_us"] for r in rows if n in r])} for n in names}
 
 
+BEFORE_LAUNCH = ("loop.recv", "loop.input", "loop.schedule", "loop.output", "spec.ngram.draft",
+                 "forward.worker")
+AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus")
+
+
+def critical_path(point: dict) -> dict:
+    """µs per busy iteration: the GPU's idle time beside the host phases before and after the
+    verify launch (run 23: NGRAM's draft, before the launch, was most of the idle time)."""
+    ph = point["phases_us"]
+
+    def us(names):
+        return sum(ph.get(n, {}).get("us") or 0 for n in names)
+
+    iteration = us(("loop.iteration",))
+    active = point.get("gpu_active")
+    return {"iteration": iteration,
+            "gpu_idle": None if active is None else iteration * (1 - active / 100),
+            "before_launch": us(BEFORE_LAUNCH), "draft": us(("spec.ngram.draft",)),
+            "after_launch": us(AFTER_LAUNCH)}
+
+
 def markdown(meta: dict, points: list[dict]) -> str:
     lines = [f"# Latency per verify step, interleaved ({meta['card']})", "",
              f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats per point, modes "
@@ -290,6 +311,22 @@ def markdown(meta: dict, points: list[dict]) -> str:
             _diff(p.get("vs_no-spec")),
             _us(ph, "loop.iteration"), _us(ph, "loop.run_batch"), _us(ph, "loop.output"),
             _us(ph, "loop.schedule")]) + " |")
+    lines += ["", "## Where the step goes: GPU idle against the host phases around the verify launch", "",
+              "GPU idle = iteration x (1 - GPM graphics activity). *Before launch*: "
+              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; without an overlap "
+              "scheduler the GPU waits for these). *After launch*: "
+              + " + ".join(f"`{n}`" for n in AFTER_LAUNCH)
+              + " (launched while the verify forward runs). Plain decoding (`no-spec`) runs the "
+              "overlap scheduler: its `loop.output` holds the wait for the GPU, so its "
+              "before-launch figure is not host work.", "",
+              "| bs | mode | iteration µs | GPU idle µs | before launch µs | of which draft µs "
+              "| after launch µs |",
+              "|---|---|---|---|---|---|---|"]
+    for p in points:
+        c = critical_path(p)
+        lines.append(f"| {p['bs']} | `{p['mode']}` | {c['iteration']:.0f} | "
+                     + ("–" if c["gpu_idle"] is None else f"{c['gpu_idle']:.0f}")
+                     + f" | {c['before_launch']:.0f} | {c['draft']:.0f} | {c['after_launch']:.0f} |")
     lines += ["", "## Host time per busy scheduler iteration, by phase (µs, median over repeats)", ""]
     modes = list(dict.fromkeys(p["mode"] for p in points))
     for bs in sorted({p["bs"] for p in points}):
