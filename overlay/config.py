@@ -199,7 +199,7 @@ class Modes:
         return self.scv != "off"
 
 
-STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False)
+STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False)
 
 
 def parse(environ: Mapping[str, str]) -> Modes:

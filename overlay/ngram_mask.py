@@ -27,9 +27,11 @@ _counts = {"kernel": 0}
 
 
 def wanted(batch) -> bool:
-    """Build this batch's full mask with the kernel? (switched on; a grammar batch keeps
+    """Build this batch's full mask with the kernel? (switched on and no bad switch: a
+    patched tree asks here even when the plugin stepped aside; a grammar batch keeps
     upstream's path: its host mask is read later)."""
-    return modes().ngram_mask and not getattr(batch, "has_grammar", False)
+    m = modes()
+    return m.ngram_mask and m.refusal is None and not getattr(batch, "has_grammar", False)
 
 
 def full_mask(tree_mask, batch, num_draft: int):
@@ -45,7 +47,7 @@ def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     """AROUND ``NGRAMWorker._prepare_for_speculative_decoding``."""
     module = sys.modules[type(worker).__module__]
     if not (getattr(module, "USE_FULL_MASK", False) and not getattr(module, "_is_cpu", True)
-            and wanted(batch)):
+            and batch.forward_mode.is_decode() and wanted(batch)):  # upstream converts decode only
         return original(worker, batch, *args, **kwargs)
     module.USE_FULL_MASK = False  # one scheduler thread: restored before anyone else reads it
     try:

@@ -71,3 +71,24 @@ def test_the_mask_site_is_hooked_only_when_switched_on(monkeypatch, switch, hook
         config.modes.cache_clear()
     assert (v0_5_23.TARGETS["ngram_mask"] in targets) is hooked
     assert v0_5_23.TARGETS["model_forward"] in targets
+
+
+@pytest.mark.parametrize("env,want", [({}, True), ({"SGLANG_SCV_NGRAM_MASK": "0"}, False),
+                                      ({"SGLANG_NWOR_MODE": "bogus"}, False)])
+def test_the_patched_call_site_asks_the_same_switches(monkeypatch, env, want):
+    """Patch 0007 asks ``wanted`` directly (no hook in between): off when switched off, and
+    off when any switch is bad (the plugin steps aside, so must the patched tree)."""
+    from types import SimpleNamespace
+
+    from sglang_nwor_scv import config, ngram_mask
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    config.modes.cache_clear()
+    try:
+        assert ngram_mask.wanted(SimpleNamespace(has_grammar=False)) is want
+        assert ngram_mask.wanted(SimpleNamespace(has_grammar=True)) is False
+    finally:
+        for k in env:
+            monkeypatch.delenv(k)
+        config.modes.cache_clear()
