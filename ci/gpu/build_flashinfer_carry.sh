@@ -5,9 +5,9 @@
 # carries, so a FlashInfer run takes two calls on one warm machine:
 #   1. carry [".wheelhouse"]:  bash ci/gpu/install_device_env.sh   (installs into /tmp/site)
 #   2. within the warm window, carry [".flashinfer"]:
-#      SUITE_STEPS=flashinfer bash ci/gpu/run_gpu_suite.sh
+#      WITH_FLASHINFER=1 SUITE_STEPS=flashinfer bash ci/gpu/run_gpu_suite.sh
 #      install_device_env.sh then reuses /tmp/site, lays the full flashinfer over the trimmed
-#      one and leaves SGLANG_IS_FLASHINFER_AVAILABLE on.
+#      one and leaves SGLANG_IS_FLASHINFER_AVAILABLE on (only when WITH_FLASHINFER is set).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEST="$REPO/.flashinfer"

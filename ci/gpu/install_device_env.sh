@@ -57,12 +57,16 @@ else
   fi
   PP="$SITE"
   USED_WHEELHOUSE=1
-  # The full flashinfer (JIT sources), carried as .flashinfer/ (ci/gpu/build_flashinfer_carry.sh).
-  shopt -s nullglob; fi_wheels=("$REPO"/.flashinfer/flashinfer_python-*.whl); shopt -u nullglob
-  if [ "${#fi_wheels[@]}" -gt 0 ]; then
-    log "laying the full flashinfer over the trimmed one: ${fi_wheels[*]##*/}"
+  # WITH_FLASHINFER=1: the full flashinfer (JIT sources), carried as .flashinfer/
+  # (ci/gpu/build_flashinfer_carry.sh), laid over the trimmed one and left on. Without it
+  # SGLANG_IS_FLASHINFER_AVAILABLE=false below keeps every other step off flashinfer, even
+  # on a warm machine where an earlier call laid the full wheel.
+  if [ -n "${WITH_FLASHINFER:-}" ]; then
+    fi_wheel="$(ls "$REPO"/.flashinfer/flashinfer_python-*.whl 2>/dev/null | sort | tail -n 1)" || true
+    [ -n "$fi_wheel" ] || { log "WITH_FLASHINFER=1 but no .flashinfer/flashinfer_python-*.whl carried"; exit 1; }
+    log "laying the full flashinfer over the trimmed one: ${fi_wheel##*/}"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --disable-pip-version-check --target "$SITE" "${fi_wheels[@]}" >&2
+        --disable-pip-version-check --target "$SITE" "$fi_wheel" >&2
   fi
 fi
 
@@ -146,7 +150,7 @@ PYEOF
 fi
 
 EXPORT="export PYTHONPATH=${PP:+$PP:}$REPO\${PYTHONPATH:+:\$PYTHONPATH}"
-if [ "$USED_WHEELHOUSE" = 1 ] && [ ! -d "$SITE/flashinfer/data/csrc" ]; then
+if [ "$USED_WHEELHOUSE" = 1 ] && [ -z "${WITH_FLASHINFER:-}" ]; then
   # the carried flashinfer is import-only (JIT sources trimmed): keep sglang off its kernels
   EXPORT="$EXPORT SGLANG_IS_FLASHINFER_AVAILABLE=false"
 fi

@@ -6,8 +6,8 @@
 #   move     tools/move_kv_repro.py: upstream's move vs native vs one-launch, timed + ncu
 #   memory   tools/graph_memory.py: what graph staging holds on the default bucket list
 #   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
-#   flashinfer the FlashInfer backend, plugin off vs on (needs .flashinfer carried: see
-#            ci/gpu/build_flashinfer_carry.sh; two calls on one warm machine)
+#   flashinfer the FlashInfer backend, plugin off vs on (needs WITH_FLASHINFER=1 and .flashinfer
+#            carried: see ci/gpu/build_flashinfer_carry.sh; two calls on one warm machine)
 #   faults   tests/test_faults.py: NaN logits, exceptions inside / after verify forwards and retries
 #   soak     tools/soak.py: 128 concurrent HTTP streams, drops, retraction, vs upstream
 #   latency  tools/measure_latency.py: interleaved ms/verify step with CIs, host time by phase
@@ -44,7 +44,7 @@ step ncu "${NCU_TIMEOUT:-240}" python3 tools/ncu_commit_kv.py --out "$OUT" --bs 
 step move "${MOVE_TIMEOUT:-240}" python3 tools/move_kv_repro.py --out "$OUT" --ncu ${MOVE_ARGS:-}
 step memory "${MEMORY_TIMEOUT:-420}" python3 tools/graph_memory.py --out "$OUT" ${MEMORY_ARGS:-}
 step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_engine_gpu.py \
-  -k "${ENGINE_K:-not tp2 and not realistic}" --junitxml="$OUT/engine.xml"
+  -k "${ENGINE_K:-not tp2 and not realistic and not flashinfer}" --junitxml="$OUT/engine.xml"
 step flashinfer "${FLASHINFER_TIMEOUT:-540}" python3 -m pytest -q -s -p no:cacheprovider \
   tests/gpu/test_engine_gpu.py -k flashinfer --junitxml="$OUT/flashinfer.xml"
 step faults "${FAULTS_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/test_faults.py \

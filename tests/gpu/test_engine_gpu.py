@@ -199,7 +199,10 @@ def test_flashinfer_backend_move_fix_identity(spec, tmp_path):
     """attention_backend="flashinfer", CUDA graphs on, no plugin variable: NWOR steps aside
     (staging is Triton-backend only) and every post-verify move is the plugin's one-launch
     move, not upstream's copy kernel; greedy outputs identical to plugin off. Llama-3-8B
-    shape (head dim 128, which FlashInfer compiles for), 4 layers, dummy weights."""
+    shape (head dim 128, which FlashInfer compiles for), 4 layers, dummy weights. No
+    SGLANG_SIMULATE_ACC_LEN: its default token mode makes every output token the same and
+    every accepted path the front of its window, so identity would check nothing; the dummy
+    model's own greedy tokens give whatever acceptance the n-gram corpus finds."""
     from tools.realistic_model import write_llama3_8b
 
     model = write_llama3_8b(tmp_path / "llama3-8b-4l", layers=4)
@@ -207,19 +210,19 @@ def test_flashinfer_backend_move_fix_identity(spec, tmp_path):
     kw = dict(model_path=str(model), load_format="dummy", dtype="bfloat16",
               attention_backend="flashinfer", disable_cuda_graph=False, mem_fraction_static=0.5,
               max_running_requests=32)
-    env = {"SGLANG_SIMULATE_ACC_LEN": "2.5"}
+    env: dict = {}
     totals = tmp_path / "totals.json"
     off = run_engine(spec, tmp_path, prompts, plugin_on=False, max_new_tokens=32, extra_env=env, **kw)
     on = run_engine(spec, tmp_path, prompts, plugin_on=True, max_new_tokens=32,
                     extra_env={**env, "SGLANG_NWOR_SCV_TOTALS": str(totals),
                                "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"}, **kw)
     t = json.loads(totals.read_text())
-    print("FLASHINFER", spec, "identical", off.outputs == on.outputs, t, flush=True)
+    print("FLASHINFER", spec, "identical", off.outputs == on.outputs, "accept length",
+          on.accept_length, t, flush=True)
+    assert len({tok for out in off.outputs for tok in out}) > 1, "degenerate outputs check nothing"
     assert off.outputs == on.outputs
     assert not on.steps, "NWOR must step aside on FlashInfer"
-    assert t["moves_upstream"] == 0, t  # upstream's copy kernel never ran
-    if spec == "ngram-tree":  # a tree's accepted path moves; a chain's is already in place
-        assert t["moves_fused"] > 0, t
+    assert t["moves_upstream"] == 0 and t["moves_fused"] > 0, t  # upstream's copy kernel never ran
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (nvidia-h100-x2)")
