@@ -271,7 +271,8 @@ AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus
 
 def critical_path(point: dict) -> dict:
     """µs per busy iteration: the GPU's idle time beside the host phases before and after the
-    verify launch (run 23: NGRAM's draft, before the launch, was most of the idle time)."""
+    verify launch (run 23: NGRAM's draft, before the launch, was most of the idle time).
+    NGRAM's step: with EAGLE/STANDALONE ``forward.worker`` also holds the draft forwards."""
     ph = point["phases_us"]
 
     def us(names):
