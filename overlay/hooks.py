@@ -93,10 +93,6 @@ HOOKS = {
 }
 
 
-# Sites only the plugin wires (features the patch series does not carry): none today.
-PLUGIN_ONLY: frozenset[str] = frozenset()
-
-
 def _wanted(name: str) -> bool:
     """A site switched off is not hooked at all: no wrapper on the step's path."""
     return name != "ngram_mask" or modes().ngram_mask
