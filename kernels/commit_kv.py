@@ -462,6 +462,49 @@ def _scale_table(
     return modes.pop(), torch.stack([v.to(device) for v in values])
 
 
+def _scale_reader(
+    k_scales: Optional[Sequence[ScaleLike]],
+    v_scales: Optional[Sequence[ScaleLike]],
+    k_mode: int,
+    v_mode: int,
+    src_dtype: torch.dtype,
+    device: torch.device,
+):
+    """A function that re-reads a plan's ``[2, L]`` scale table from its scale objects, or
+    None when none of them can change (no scales, or Python numbers only).
+
+    SGLang updates a layer's ``k_scale`` / ``v_scale`` tensors in place (weight reloads),
+    so a plan that outlives a step (a CUDA-graph bucket's, built once; the pool's eager
+    plan, rebound every step) must not keep the values it was built with. The result is
+    ``_scale_table``'s for the same objects, computed with a few batched ops instead of
+    per-layer checks (``_scale_entry``'s rule: CPU source: fp32 value; CUDA source and
+    host scalar: fp32 reciprocal; CUDA source and CUDA tensor: rounded to the source
+    dtype)."""
+    halves = ((k_scales, k_mode), (v_scales, v_mode))
+    if not any(isinstance(s, torch.Tensor) for scales, _ in halves for s in (scales or ())):
+        return None
+
+    def values(scales):  # the objects themselves (in-place updates show), numbers as tensors
+        return [s.detach() if isinstance(s, torch.Tensor) else torch.tensor(float(s), dtype=torch.float64)
+                for s in scales]
+
+    def operand(vals, mode):
+        x = torch.stack(vals)
+        if device.type != "cuda":
+            return x.to(torch.float32)
+        if mode == SCALE_MUL:
+            return _to_device_async(torch.ones(len(vals), dtype=torch.float32) / x.to(torch.float32), device)
+        return x.to(src_dtype).to(torch.float32)
+
+    num_layers = len(k_scales or v_scales)
+    if k_mode == v_mode != SCALE_NONE:  # one batch: both halves live on one device
+        both = values(k_scales) + values(v_scales)
+        return lambda: operand(both, k_mode).view(2, num_layers)
+    parts = [(values(scales), mode) if mode != SCALE_NONE else None for scales, mode in halves]
+    zeros = torch.zeros(num_layers, dtype=torch.float32, device=device)
+    return lambda: torch.stack([operand(*part) if part else zeros for part in parts])
+
+
 def source_layout(k_src: Sequence[torch.Tensor], v_src: Sequence[torch.Tensor]) -> tuple:
     """(layout, addresses): everything a plan's tables encode about its sources, in two
     parts: per layer shape, strides, dtype and device of K and V; and the K and V
@@ -502,12 +545,13 @@ class KVCommitPlan:
     """Pointer/stride/scale tables for committing into a fixed set of tensors.
 
     Build once (host work, small H2D copies), then call ``launch`` any number of
-    times: ``launch`` does attribute checks only (no host sync, no allocation)
-    and one kernel launch, so it can be captured in a CUDA graph. The plan keeps
+    times: ``launch`` does attribute checks only (no host sync) and one kernel
+    launch (plus, for scale tensors, a few small ops that re-read them), so it can be
+    captured in a CUDA graph. The plan keeps
     references to every tensor it points at until ``release_sources``;
-    ``rebind`` points it at new sources of the same layout. Scales are read when the plan is
-    built and again by ``rebind``; a plan launched as built (a CUDA-graph bucket's) keeps
-    the values it was built with.
+    ``rebind`` points it at new sources of the same layout. Scale tensors are read again
+    at every launch (``_scale_reader``), so a plan kept across steps follows in-place scale
+    updates; a scale object replaced by another needs a new plan (``rebind`` refuses).
 
     Parameters
     ----------
@@ -591,6 +635,8 @@ class KVCommitPlan:
         self._dst_ptrs = ptrs[2:]
         self._layout = source_layout(k_src, v_src)[0]
         self._scale_args = None if raw_copy else (_as_tuple(k_scales), _as_tuple(v_scales))
+        self._read_scales = None if raw_copy else _scale_reader(k_scales, v_scales, k_mode, v_mode,
+                                                               src_dtype, device)
 
         block_dk = triton.next_power_of_2(dk)
         block_dv = triton.next_power_of_2(dv)
@@ -631,24 +677,15 @@ class KVCommitPlan:
         layer's shape, strides, dtype and device match the plan's (``source_layout``) and
         the scales are the same objects or values, only the address table is rebuilt (one
         small non-blocking H2D copy), not the checks and tables of a new plan (about 7x
-        less host time at 32 layers). Scale values are re-read (FP8 pools only). The
-        destinations stay the plan's.
+        less host time at 32 layers). Scale values are read by ``launch``. The destinations
+        stay the plan's.
         """
         layout, src_ptrs = source_layout(k_src, v_src)
         if layout != self._layout:
             return False
-        if self._scale_args is not None:
-            if not (_same_scales(self._scale_args[0], k_scales)
-                    and _same_scales(self._scale_args[1], v_scales)):
-                return False
-            # Values are re-read, as a new plan would: SGLang updates a layer's k_scale /
-            # v_scale tensors in place (weight reloads), keeping the objects.
-            src_dtype, device = layout[0][2], self.device
-            k_mode, k_scale_t = _scale_table("k_scales", k_scales, self.num_layers, src_dtype, device)
-            v_mode, v_scale_t = _scale_table("v_scales", v_scales, self.num_layers, src_dtype, device)
-            if (k_mode, v_mode) != (self._meta["K_SCALE_MODE"], self._meta["V_SCALE_MODE"]):
-                return False
-            self.scale_table = torch.stack([k_scale_t, v_scale_t]).contiguous()
+        if self._scale_args is not None and not (_same_scales(self._scale_args[0], k_scales)
+                                                 and _same_scales(self._scale_args[1], v_scales)):
+            return False  # other scale objects: a new plan (their values are read by launch)
         ptrs = src_ptrs + self._dst_ptrs
         # A new table, not an in-place update: an earlier launch may still be reading the old one.
         self.ptr_table = _to_device_async(torch.tensor(ptrs, dtype=torch.int64), self.device)
@@ -727,6 +764,8 @@ class KVCommitPlan:
             return
         src_rows = src_rows.contiguous()
         dst_slots = dst_slots.contiguous()
+        if self._read_scales is not None:  # scale tensors change in place (weight reloads)
+            self.scale_table = self._read_scales()  # new, not in place: a queued launch reads the old
         commit_accepted_kv_kernel[(num_entries, self.num_layers)](
             src_rows,
             dst_slots,

@@ -400,7 +400,7 @@ def test_rebind_to_new_sources_commits_them_and_refuses_another_layout():
 
 
 def test_rebind_keeps_the_scales_it_was_built_with():
-    """FP8: the scale table is read at build, so only the same scale objects (or equal
+    """FP8: a plan reads its scale objects, so only the same scale objects (or equal
     numbers) may reuse it."""
     gen = torch.Generator().manual_seed(12)
     ks, vs = make_sources(2, 4, 2, 8, 8, torch.bfloat16, "plain", gen)
@@ -412,7 +412,7 @@ def test_rebind_keeps_the_scales_it_was_built_with():
     assert not plan.rebind(ks, vs, [torch.tensor(0.5), torch.tensor(2.0)], v_scales)
     assert not plan.rebind(ks, vs, k_scales, [1.5, 4.0])
     assert not plan.rebind(ks, vs, None, None)
-    # A weight reload updates the same scale tensor in place: rebind re-reads it.
+    # A weight reload updates the same scale tensor in place: the launch re-reads it.
     k_scales[1].copy_(torch.tensor(4.0))
     assert plan.rebind(ks, vs, k_scales, v_scales)
     src, dst = torch.tensor([0, 3]), torch.tensor([2, 5])
@@ -422,6 +422,48 @@ def test_rebind_keeps_the_scales_it_was_built_with():
                            kv_dtype=torch.float8_e4m3fn)
     for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
         assert torch.equal(as_bytes(a), as_bytes(b))
+
+
+@pytest.mark.parametrize("v_kind", ["float", "tensor", "none"])
+def test_a_kept_plan_follows_in_place_scale_updates(v_kind):
+    """A CUDA-graph bucket's plan is built once and launched every step, never rebound.
+    FP8 scales updated in place after the build (SGLang's weight reloads keep the
+    scale tensors) must be the ones the next launch quantizes with."""
+    gen = torch.Generator().manual_seed(13)
+    ks, vs = make_sources(2, 4, 2, 8, 8, torch.bfloat16, "fused", gen)
+    kd = poisoned(8, 2, 8, torch.float8_e4m3fn, 2, gen)
+    vd = poisoned(8, 2, 8, torch.float8_e4m3fn, 2, gen)
+    k_scales = [torch.tensor(0.5), torch.tensor(2.0)]
+    v_scales = {"float": [1.5, 3.0], "tensor": [torch.tensor(1.5), torch.tensor(3.0)],
+                "none": None}[v_kind]
+    plan = KVCommitPlan(ks, vs, kd, vd, k_scales, v_scales, kv_dtype=torch.float8_e4m3fn)
+    kd_ref, vd_ref = [t.clone() for t in kd], [t.clone() for t in vd]
+    for step, (src, dst) in enumerate([(torch.tensor([0, 3]), torch.tensor([2, 5])),
+                                       (torch.tensor([1, 2]), torch.tensor([2, 6]))]):
+        if step:  # the reload, between two launches of the same plan
+            k_scales[0].copy_(torch.tensor(0.03))
+            k_scales[1].mul_(8)
+            if v_kind == "tensor":
+                v_scales[1].fill_(0.25)
+        plan.launch(src, dst)
+        commit_accepted_kv_ref(ks, vs, kd_ref, vd_ref, src, dst, k_scales, v_scales,
+                               kv_dtype=torch.float8_e4m3fn)
+        for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
+            assert torch.equal(as_bytes(a), as_bytes(b)), f"step {step}"
+
+
+def test_scale_reader_equals_the_checked_table():
+    """The batched re-read gives ``_scale_table``'s values, each mode (CPU rules here;
+    tests/gpu/test_commit_kv_gpu.py checks the CUDA ones)."""
+    cpu = torch.device("cpu")
+    k = [torch.tensor(0.0372), torch.tensor(1.7, dtype=torch.float64)]
+    for v in ([0.11, 2.3], [torch.tensor(0.11), torch.tensor(2.3)], None):
+        k_mode, k_t = commit_kv._scale_table("k", k, 2, torch.bfloat16, cpu)
+        v_mode, v_t = commit_kv._scale_table("v", v, 2, torch.bfloat16, cpu)
+        read = commit_kv._scale_reader(k, v, k_mode, v_mode, torch.bfloat16, cpu)
+        assert torch.equal(read(), torch.stack([k_t, v_t]))
+    assert commit_kv._scale_reader([0.5, 2.0], [1.0, 3.0], commit_kv.SCALE_DIV,
+                                   commit_kv.SCALE_DIV, torch.bfloat16, cpu) is None  # numbers
 
 
 @pytest.mark.parametrize("loc_dtype", [torch.int64, torch.int32])

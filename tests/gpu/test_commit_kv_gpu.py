@@ -92,6 +92,8 @@ def scales_for(kind, seed):
     vals = (torch.rand(2, LAYERS, generator=gen) * 1.5 + 0.02).tolist()
     if kind == "tensor":  # RadixAttention.k_scale after loading: 0-dim fp32 on the GPU
         return tuple([torch.tensor(v, device=DEV) for v in row] for row in vals)
+    if kind == "cpu-tensor":  # 0-dim fp32 on the host: CUDA torch applies x * fp32(1/s)
+        return tuple([torch.tensor(v) for v in row] for row in vals)
     return tuple(vals)  # k_scale_float style host floats
 
 
@@ -275,7 +277,7 @@ def test_size_one_and_all_padding_at_real_shapes(src_list, dst_list):
             assert torch.equal(as_bytes(out), as_bytes(old))
 
 
-@pytest.mark.parametrize("scale_kind", [None, "float"])
+@pytest.mark.parametrize("scale_kind", [None, "float", "tensor", "cpu-tensor"])
 def test_commit_never_syncs_the_host(scale_kind):
     """Building the plan and committing must not wait for the GPU: a pageable
     host-to-device copy of the pointer or scale tables would block until the verify
@@ -296,3 +298,38 @@ def test_commit_never_syncs_the_host(scale_kind):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("scale_kind", ["tensor", "cpu-tensor", "float"])
+def test_kept_plan_follows_in_place_scale_updates_on_cuda(scale_kind):
+    """A graph bucket's plan is launched every step without a rebuild: after the scale
+    tensors change in place (a weight reload), its next launch writes the bytes
+    ``set_kv_buffer`` would write with the new scales; and the batched re-read equals
+    the checked per-layer table for each of CUDA torch's two division rules."""
+    from sglang_nwor_scv.kernels import commit_kv
+
+    bs, n = 16, 8
+    tokens, rows = bs * n, 2 * bs * n + 16
+    kv = torch.float8_e4m3fn
+    ks, vs = fused_sources(tokens, torch.bfloat16, seed=21)
+    kd, vd = poisoned_pool(rows, kv, seed=22)
+    k_scales, v_scales = scales_for(scale_kind, seed=23)
+    plan = KVCommitPlan(ks, vs, kd, vd, k_scales, v_scales, kv_dtype=kv)
+    kd_ref, vd_ref = [t.clone() for t in kd], [t.clone() for t in vd]
+    for step in range(2):
+        if step and scale_kind != "float":  # the reload, between two launches
+            for t in (*k_scales, *v_scales):
+                t.mul_(1.75)
+        s, d = commit_lists(bs, n, rows, seed=24 + step)
+        plan.launch(s, d)
+        commit_accepted_kv_ref(ks, vs, kd_ref, vd_ref, s, d, k_scales, v_scales, kv_dtype=kv)
+        torch.cuda.synchronize()
+        for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
+            assert torch.equal(as_bytes(a), as_bytes(b)), f"step {step}"
+        k_mode, k_t = commit_kv._scale_table("k", k_scales, LAYERS, torch.bfloat16, DEV)
+        v_mode, v_t = commit_kv._scale_table("v", v_scales, LAYERS, torch.bfloat16, DEV)
+        read = commit_kv._scale_reader(k_scales, v_scales, k_mode, v_mode, torch.bfloat16, DEV)
+        if scale_kind == "float":
+            assert read is None
+        else:
+            assert torch.equal(read(), torch.stack([k_t, v_t]))
