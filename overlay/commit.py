@@ -3,8 +3,9 @@
 Runs right after acceptance (``commit_mamba_states_after_verify``, called by the EAGLE
 family and NGRAM). One kernel launch writes every layer's accepted rows and, in the
 same launch, adds the committed entries and the accepted rows to the runner's device
-counters; the host reads them once per log interval (or every step in debug /
-step-log mode, which sync on purpose).
+counters; the host reads them once per log interval without waiting for the GPU
+(sglang_nwor_scv.counter_reads), or every step in debug / step-log mode, which sync
+on purpose.
 """
 
 from __future__ import annotations
@@ -94,20 +95,24 @@ def _step_record(st: RunnerState, stage, counter, accept_lens, src, dst, scv_lis
 
 
 def flush_metrics(st: RunnerState, log: bool) -> None:
-    """Move device-side totals into the metrics (one small device-to-host copy)."""
+    """Move device-side totals into the metrics: start a non-blocking read of the
+    counter and count every earlier read that has landed (debug / step-log modes read
+    at once)."""
     counts = scv.take_counts()
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(), host_syncs=sync_check.take())
+    per_step = modes().per_step
     if st.pending is not None and st.pending_staged:
-        with sync_check.allowed():  # one small copy per log interval, on purpose
-            committed, accepted = (int(x) for x in st.pending.tolist())
-        st.pending.zero_()
-        staged, st.pending_staged = st.pending_staged, 0
-        st.metrics.add(staged=staged, committed=committed, accepted=accepted,
-                       bytes_saved=(staged - committed) * st.row_bytes)
-        if committed != accepted and not modes().per_step:  # per-step mode counted it already
-            st.metrics.add(violations=1)
-            logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
+        if per_step:  # these modes sync every step anyway: read now
+            with sync_check.allowed():
+                committed, accepted = (int(x) for x in st.pending.tolist())
+            st.pending.zero_()
+            _count(st, st.pending_staged, committed, accepted, check=False)  # checked per step
+            st.pending_staged = 0
+        elif st.counter_reads.start(st.pending, st.pending_staged):  # no wait: read later
+            st.pending_staged = 0
+    for staged, committed, accepted in st.counter_reads.take_ready():
+        _count(st, staged, committed, accepted, check=True)
     if log and (st.steps or st.metrics.totals["moves_fused"] or st.metrics.totals["moves_upstream"]):
         logger.info(st.metrics.summary())
     totals = modes().totals_path
@@ -115,6 +120,14 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
         with open(totals, "w") as f:
             json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
                        graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes), f)
+
+
+def _count(st: RunnerState, staged: int, committed: int, accepted: int, check: bool) -> None:
+    st.metrics.add(staged=staged, committed=committed, accepted=accepted,
+                   bytes_saved=(staged - committed) * st.row_bytes)
+    if check and committed != accepted:
+        st.metrics.add(violations=1)
+        logger.error("NWOR: committed %d rows but verify accepted %d", committed, accepted)
 
 
 def _row_bytes(stage) -> int:

@@ -14,6 +14,7 @@ import weakref
 import torch
 
 from sglang_nwor_scv.config import modes
+from sglang_nwor_scv.counter_reads import CounterReads
 from sglang_nwor_scv.eligibility import nwor_refusal
 from sglang_nwor_scv.metrics import Metrics
 
@@ -48,7 +49,8 @@ class RunnerState:
         self.steps = 0  # committed verify steps
         self.verify_steps = 0  # every verify forward of this runner (flush cadence)
         self.pending = None  # device int64 [committed, accepted] since the last flush
-        self.pending_staged = 0
+        self.pending_staged = 0  # staged rows not yet handed to a counter read
+        self.counter_reads = CounterReads()  # reads of ``pending`` in flight
         self.row_bytes = 0
         self.debug_snapshot = None  # (snapshot, window) of the open stage, debug mode only
         self.tp_rank = _process_rank()

@@ -268,7 +268,8 @@ def test_tp2_identity_and_invariants_per_rank(spec, graphs, tiny_models):
 def test_no_host_sync_in_plugin_sites(graphs, tiny_models, tmp_path):
     """No synchronizing CUDA call inside the plugin's step work (torch sync debug mode,
     counted by sglang_nwor_scv.sync_check), with debug checks and the step log off,
-    as in production; the interval counter flush is the one allowed sync."""
+    as in production. The interval counter flush is not exempt: it reads the device
+    counter without a wait (sglang_nwor_scv.counter_reads)."""
     totals = tmp_path / "totals.json"
     env = {"SGLANG_NWOR_SCV_SYNC_CHECK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
            "SGLANG_NWOR_SCV_DEBUG": "0", "SGLANG_NWOR_SCV_STEP_LOG": "",
