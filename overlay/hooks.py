@@ -11,6 +11,7 @@ import importlib
 import logging
 
 from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check
+from sglang_nwor_scv.adapters import v0_5_17_ngram
 from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
@@ -90,6 +91,8 @@ HOOKS = {
     "verify_greedy": around_verify_greedy,
     "graph_capture": around_graph_capture,
     "ngram_mask": ngram_mask.prepare_with_full_mask_kernel,
+    "ngram_draft_tokens": v0_5_17_ngram.prepare_draft_tokens,  # 0.5.17 only (its adapter)
+    "ngram_corpus_update": v0_5_17_ngram.update_ngram_corpus,
 }
 
 

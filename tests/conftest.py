@@ -59,3 +59,30 @@ def patched_site(tmp_path_factory) -> Path:
     count = sum(1 for line in series.splitlines() if line.strip() and not line.startswith("#"))
     assert r.returncode == 0 and f"applied {count} patches" in r.stdout, r.stdout + r.stderr
     return site
+
+
+def _network_up() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def upstream() -> dict[str, Path]:
+    """version -> upstream checkout root (holding python/sglang/) of every supported
+    release, from ci/fetch_upstream_sources.sh (release wheels, cached in .cache/upstream/)."""
+    versions = ["0.5.23", "0.5.17"]
+    cache = Path(os.environ.get("NWOR_SCV_UPSTREAM_CACHE", REPO / ".cache" / "upstream"))
+    r = subprocess.run(["bash", str(REPO / "ci" / "fetch_upstream_sources.sh"), *versions],
+                       capture_output=True, text=True,
+                       env={**os.environ, "NWOR_SCV_UPSTREAM_CACHE": str(cache)})
+    if r.returncode != 0:
+        if not _network_up():
+            pytest.skip("network unavailable: cannot download the upstream sglang wheels "
+                        f"(ci/fetch_upstream_sources.sh): {r.stderr.strip()[-300:]}")
+        raise AssertionError(f"ci/fetch_upstream_sources.sh failed:\n{r.stdout}\n{r.stderr}")
+    return {v: cache / f"sglang-{v}" for v in versions}

@@ -43,7 +43,9 @@ del sys.modules["sglang_nwor_scv"]
 loaded = [importlib.reload(m) for m in loaded]
 from sglang_nwor_scv import hooks, sites, state
 assert all(m._nwor_sites is sites for m in loaded)
-assert state._wired == set(hooks.HOOKS) - {"ngram_mask"}, state._wired
+from sglang_nwor_scv import versions
+adapter = versions.adapter_for(versions.installed_sglang_version())
+assert state._wired == set(adapter.TARGETS) - {"ngram_mask"}, state._wired
 assert not state.missing_sites()
 # The capture site is the plugin's own; the forward's graph replay reaches the stage.
 model_runner, graph_runner = loaded[0], loaded[-1]

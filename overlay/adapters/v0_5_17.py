@@ -12,6 +12,13 @@ TARGETS = {
     # Moved: 0.5.17 defines verify_tree_greedy_func in eagle_utils, its only caller
     # (0.5.23 moved it to sglang.kernels.ops.speculative.spec_tree).
     "verify_greedy": "sglang.srt.speculative.eagle_utils.verify_tree_greedy_func",
+    # What: NGRAM's draft lookup and corpus update (every verify step, every request).
+    # Why: 0.5.17 copies each request's whole prompt into a list twice per step to use
+    # its last max_trie_depth tokens; these run 0.5.17's bodies with the copy cut to the
+    # tail (adapters/v0_5_17_ngram.py). 0.5.23 slices first on its own.
+    "ngram_draft_tokens": ("sglang.srt.speculative.ngram_worker.NGRAMWorker."
+                           "_prepare_draft_tokens"),
+    "ngram_corpus_update": "sglang.srt.speculative.ngram_worker.NGRAMWorker._update_ngram_corpus",
 }
 
 PHASES = v0_5_23.PHASES  # the same names and places in 0.5.17

@@ -1,0 +1,93 @@
+"""SGLang 0.5.17's NGRAM worker, two methods with one host cost cut: the prompt copy.
+
+On every verify step, 0.5.17's ``NGRAMWorker._prepare_draft_tokens`` and
+``_update_ngram_corpus`` turn each request's whole prompt into a Python list:
+``list(req.origin_input_ids)``. ``origin_input_ids`` is an ``array``, so every element
+becomes a Python int, and the only use of the list is its last ``max_trie_depth``
+tokens (``_efficient_concat_last_n``). On this project's CPU, a 2,048-token prompt costs
+19 µs and an 8,192-token prompt 75 µs, per request and per method. At bs 64 with 8k
+prompts that is about 9.6 ms of host work per step, and NGRAM's GPU waits for the draft.
+Upstream slices before it copies since 0.5.2x (0.5.23:
+``list(req.origin_input_ids_unpadded[-self.max_trie_depth :])``).
+
+These are 0.5.17's own method bodies with that one change, so the corpus sees the same
+tokens. ``_efficient_concat_last_n(seq1, seq2, n)`` reads at most the last ``n``
+elements of ``seq1``. 0.5.17 semantics are kept: ``origin_input_ids``, not the unpadded
+ids 0.5.23 uses. ``tests/test_ngram_prompt_tail.py`` runs upstream's methods, taken from
+the 0.5.17 source, against these on the same inputs. Patch 0008 is the same change for
+patched trees. Hooked on 0.5.17 only (adapters/v0_5_17.py); a bad switch value runs
+upstream's methods, as it does everywhere else.
+"""
+
+from __future__ import annotations
+
+from sglang_nwor_scv.config import modes
+
+
+def prepare_draft_tokens(original, self, batch):
+    """AROUND ``NGRAMWorker._prepare_draft_tokens`` (replaces it; 0.5.17's body)."""
+    if modes().refusal is not None:  # a bad switch: upstream code, as everywhere else
+        return original(self, batch)
+    bs = len(batch.reqs)
+    stride = self.draft_token_num
+    depth = self.max_trie_depth
+
+    prev_token_ids, prev_accept_lens = (
+        batch.spec_info.accept_tokens,
+        batch.spec_info.accept_lens,
+    )
+    if not prev_token_ids.is_cpu:
+        prev_token_ids = prev_token_ids.cpu()
+        prev_accept_lens = prev_accept_lens.cpu()
+    self.prev_token_ids = prev_token_ids.tolist()
+    self.prev_accept_lens = prev_accept_lens.tolist()
+
+    self.ngram_corpus.synchronize()
+    req_ids = []
+    batch_tokens = []
+    total_lens = []
+    assert len(batch.reqs) == len(self.prev_accept_lens)
+    use_prev_tokens = self.enable_overlap and not batch.grammar_needs_sync()
+    for i, req in enumerate(batch.reqs):
+        prev_tokens = (
+            self.prev_token_ids[i * stride : i * stride + self.prev_accept_lens[i]]
+            if use_prev_tokens
+            else []
+        )
+        check_token = self._efficient_concat_last_n(
+            list(req.origin_input_ids[-depth:]),  # 0.5.17: list(req.origin_input_ids)
+            list(req.output_ids[-depth:]) + prev_tokens,
+            depth,
+        )
+        req_ids.append(req.rid)
+        batch_tokens.append(check_token)
+        total_lens.append(len(req.origin_input_ids) + len(req.output_ids) + len(prev_tokens))
+    req_drafts, mask = self.ngram_corpus.batch_get(req_ids, batch_tokens, total_lens)
+    total_draft_token_num = len(req_drafts)
+    assert (
+        total_draft_token_num == bs * self.draft_token_num
+    ), f"{total_draft_token_num=}, {bs=}, {self.draft_token_num=}"
+    return req_drafts, mask
+
+
+def update_ngram_corpus(original, self, batch):
+    """AROUND ``NGRAMWorker._update_ngram_corpus`` (replaces it; 0.5.17's body)."""
+    if modes().refusal is not None:
+        return original(self, batch)
+    batch_tokens = []
+    stride = self.draft_token_num
+    depth = self.max_trie_depth
+    use_prev_tokens = self.enable_overlap and not batch.grammar_needs_sync()
+    for i, req in enumerate(batch.reqs):
+        prev_tokens = (
+            self.prev_token_ids[i * stride : i * stride + self.prev_accept_lens[i]]
+            if use_prev_tokens
+            else []
+        )
+        put_ids = self._efficient_concat_last_n(
+            list(req.origin_input_ids[-depth:]),  # 0.5.17: list(req.origin_input_ids)
+            list(req.output_ids[-depth:]) + prev_tokens,
+            depth,
+        )
+        batch_tokens.append(put_ids)
+    self.ngram_corpus.batch_put(batch_tokens)
