@@ -470,8 +470,8 @@ def _scale_reader(
     src_dtype: torch.dtype,
     device: torch.device,
 ):
-    """A function that re-reads a plan's ``[2, L]`` scale table from its scale objects, or
-    None when none of them can change (no scales, or Python numbers only).
+    """A ``_ScaleReader`` that re-reads a plan's ``[2, L]`` scale table from its scale
+    objects, or None when none of them can change (no scales, or Python numbers only).
 
     SGLang updates a layer's ``k_scale`` / ``v_scale`` tensors in place (weight reloads),
     so a plan that outlives a step (a CUDA-graph bucket's, built once; the pool's eager
@@ -479,10 +479,19 @@ def _scale_reader(
     ``_scale_table``'s for the same objects, computed with a few batched ops instead of
     per-layer checks (``_scale_entry``'s rule: CPU source: fp32 value; CUDA source and
     host scalar: fp32 reciprocal; CUDA source and CUDA tensor: rounded to the source
-    dtype)."""
+    dtype). A half of numbers only is computed once. Tensors of mixed dtypes (never seen
+    in SGLang) take ``_scale_table`` itself each time: stacking them would promote to a
+    common dtype and could round twice."""
     halves = ((k_scales, k_mode), (v_scales, v_mode))
     if not any(isinstance(s, torch.Tensor) for scales, _ in halves for s in (scales or ())):
         return None
+    num_layers = len(k_scales or v_scales)
+    tensors = [s for scales, _ in halves for s in (scales or ()) if isinstance(s, torch.Tensor)]
+    if len({t.dtype for t in tensors}) != 1 or not tensors[0].is_floating_point():
+        def exact():
+            return torch.stack([_scale_table("k_scales", k_scales, num_layers, src_dtype, device)[1],
+                                _scale_table("v_scales", v_scales, num_layers, src_dtype, device)[1]])
+        return _ScaleReader(exact, host_copy=device.type == "cuda" and SCALE_MUL in (k_mode, v_mode))
 
     def values(scales):  # the objects themselves (in-place updates show), numbers as tensors
         return [s.detach() if isinstance(s, torch.Tensor) else torch.tensor(float(s), dtype=torch.float64)
@@ -496,13 +505,35 @@ def _scale_reader(
             return _to_device_async(torch.ones(len(vals), dtype=torch.float32) / x.to(torch.float32), device)
         return x.to(src_dtype).to(torch.float32)
 
-    num_layers = len(k_scales or v_scales)
-    if k_mode == v_mode != SCALE_NONE:  # one batch: both halves live on one device
-        both = values(k_scales) + values(v_scales)
-        return lambda: operand(both, k_mode).view(2, num_layers)
-    parts = [(values(scales), mode) if mode != SCALE_NONE else None for scales, mode in halves]
-    zeros = torch.zeros(num_layers, dtype=torch.float32, device=device)
-    return lambda: torch.stack([operand(*part) if part else zeros for part in parts])
+    def live(scales):
+        return any(isinstance(s, torch.Tensor) for s in (scales or ()))
+
+    host_copy = device.type == "cuda" and any(m == SCALE_MUL and live(sc) for sc, m in halves)
+    if k_mode == v_mode != SCALE_NONE and live(k_scales) and live(v_scales):
+        both = values(k_scales) + values(v_scales)  # one batch: both halves on one device
+        return _ScaleReader(lambda: operand(both, k_mode).view(2, num_layers), host_copy)
+    parts = []
+    for scales, mode in halves:
+        if mode == SCALE_NONE:
+            parts.append(torch.zeros(num_layers, dtype=torch.float32, device=device))
+        elif not live(scales):  # numbers never change: computed once
+            parts.append(operand(values(scales), mode))
+        else:
+            parts.append((values(scales), mode))
+    return _ScaleReader(lambda: torch.stack([operand(*p) if isinstance(p, tuple) else p for p in parts]),
+                        host_copy)
+
+
+class _ScaleReader:
+    """``_scale_reader``'s result: call it for the table. ``host_copy``: a read includes a
+    host-to-device copy (host scale tensors on a CUDA plan), so it must not be captured
+    in a CUDA graph (a replay would copy the capture's values)."""
+
+    def __init__(self, read, host_copy: bool):
+        self.read, self.host_copy = read, host_copy
+
+    def __call__(self) -> torch.Tensor:
+        return self.read()
 
 
 def source_layout(k_src: Sequence[torch.Tensor], v_src: Sequence[torch.Tensor]) -> tuple:
@@ -547,7 +578,7 @@ class KVCommitPlan:
     Build once (host work, small H2D copies), then call ``launch`` any number of
     times: ``launch`` does attribute checks only (no host sync) and one kernel
     launch (plus, for scale tensors, a few small ops that re-read them), so it can be
-    captured in a CUDA graph. The plan keeps
+    captured in a CUDA graph, unless its scales are CPU tensors (``_ScaleReader``). The plan keeps
     references to every tensor it points at until ``release_sources``;
     ``rebind`` points it at new sources of the same layout. Scale tensors are read again
     at every launch (``_scale_reader``), so a plan kept across steps follows in-place scale
@@ -765,6 +796,9 @@ class KVCommitPlan:
         src_rows = src_rows.contiguous()
         dst_slots = dst_slots.contiguous()
         if self._read_scales is not None:  # scale tensors change in place (weight reloads)
+            if self._read_scales.host_copy and torch.cuda.is_current_stream_capturing():
+                raise ValueError("a plan with host (CPU) scale tensors cannot be captured in a "
+                                 "CUDA graph: its scale re-read copies from the host")
             self.scale_table = self._read_scales()  # new, not in place: a queued launch reads the old
         commit_accepted_kv_kernel[(num_entries, self.num_layers)](
             src_rows,

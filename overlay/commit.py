@@ -49,6 +49,7 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
     m = modes()
     if st.pending is None:
         st.pending = torch.zeros(2, dtype=torch.int64, device=src.device)
+        st.counter_reads.prepare(st.pending)
     counter = torch.zeros(2, dtype=torch.int64, device=src.device) if m.per_step else st.pending
     stage.commit(src, dst, committed=counter, dst_window=window, accept_lens=accept_lens)
     st.committed_window = stage.out_cache_loc  # the move site skips exactly this window
@@ -102,6 +103,7 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(), host_syncs=sync_check.take())
     per_step = modes().per_step
+    _take_landed(st)  # first: a landed read frees its buffer for this flush's read
     if st.pending is not None and st.pending_staged:
         if per_step:  # these modes sync every step anyway: read now
             with sync_check.allowed():
@@ -111,15 +113,20 @@ def flush_metrics(st: RunnerState, log: bool) -> None:
             st.pending_staged = 0
         elif st.counter_reads.start(st.pending, st.pending_staged):  # no wait: read later
             st.pending_staged = 0
-    for staged, committed, accepted in st.counter_reads.take_ready():
-        _count(st, staged, committed, accepted, check=True)
+    _take_landed(st)  # on the CPU the read just started has landed already
     if log and (st.steps or st.metrics.totals["moves_fused"] or st.metrics.totals["moves_upstream"]):
         logger.info(st.metrics.summary())
     totals = modes().totals_path
     if totals:  # measurement runs: cumulative counters of this process
         with open(totals, "w") as f:
             json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
-                       graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes), f)
+                           counter_reads_in_flight=st.counter_reads.in_flight,
+                           graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes), f)
+
+
+def _take_landed(st: RunnerState) -> None:
+    for staged, committed, accepted in st.counter_reads.take_ready():
+        _count(st, staged, committed, accepted, check=True)
 
 
 def _count(st: RunnerState, staged: int, committed: int, accepted: int, check: bool) -> None:

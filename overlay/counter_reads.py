@@ -9,10 +9,14 @@ later flush, once the event has completed (``event.query()`` never waits). Total
 therefore lag by up to one interval on a GPU. On the CPU the copy is done at once and
 nothing lags.
 
-Two pinned buffers, allocated once, so a flush never allocates pinned memory (its
-first allocation can synchronize the device). If both are still in flight, the flush
-starts no read: the device counter keeps accumulating and is read later, so nothing
-is lost.
+Two pinned buffers, allocated once per runner (``prepare``, at its first commit), so a
+flush never allocates pinned memory. If both are still in flight, the flush starts no
+read: the device counter keeps accumulating and is read later, so nothing is lost.
+Reads still in flight when a process ends are never counted (``in_flight`` says how
+many there are; the totals file records it).
+
+``start`` must run on the stream that updated the counter (the commit's): the copy and
+the event are queued on the counter device's current stream.
 """
 
 from __future__ import annotations
@@ -39,20 +43,24 @@ class CounterReads:
         self._slots: list[_Read] = []
         self._order: list[_Read] = []  # reads in flight, oldest first
 
-    def start(self, counter: torch.Tensor, staged: int) -> bool:
-        """Queue a copy of ``counter`` (then zero it, in stream order). False: both
-        buffers are still in flight; the counter keeps accumulating."""
+    def prepare(self, counter: torch.Tensor) -> None:
+        """Allocate the host buffers for ``counter`` (once)."""
         if not self._slots:
             pin = counter.is_cuda
             self._slots = [_Read(torch.zeros(2, dtype=torch.int64, pin_memory=pin), None, 0)
                            for _ in range(_BUFFERS)]
+
+    def start(self, counter: torch.Tensor, staged: int) -> bool:
+        """Queue a copy of ``counter`` (then zero it, in stream order). False: both
+        buffers are still in flight; the counter keeps accumulating."""
+        self.prepare(counter)
         slot = next((s for s in self._slots if not s.busy), None)
         if slot is None:
             return False
         if counter.is_cuda:
             slot.host.copy_(counter, non_blocking=True)
             slot.event = torch.cuda.Event()
-            slot.event.record()
+            slot.event.record(torch.cuda.current_stream(counter.device))  # the copy's stream
         else:
             slot.host.copy_(counter)
             slot.event = None

@@ -456,12 +456,18 @@ def test_scale_reader_equals_the_checked_table():
     """The batched re-read gives ``_scale_table``'s values, each mode (CPU rules here;
     tests/gpu/test_commit_kv_gpu.py checks the CUDA ones)."""
     cpu = torch.device("cpu")
-    k = [torch.tensor(0.0372), torch.tensor(1.7, dtype=torch.float64)]
-    for v in ([0.11, 2.3], [torch.tensor(0.11), torch.tensor(2.3)], None):
-        k_mode, k_t = commit_kv._scale_table("k", k, 2, torch.bfloat16, cpu)
-        v_mode, v_t = commit_kv._scale_table("v", v, 2, torch.bfloat16, cpu)
-        read = commit_kv._scale_reader(k, v, k_mode, v_mode, torch.bfloat16, cpu)
-        assert torch.equal(read(), torch.stack([k_t, v_t]))
+    ks = ([torch.tensor(0.0372), torch.tensor(1.7)], [0.5, 2.0],
+          [torch.tensor(0.0372), torch.tensor(1.7, dtype=torch.float64)],  # mixed dtypes
+          [torch.tensor(4097), torch.tensor(1.5, dtype=torch.float16)])  # stack would round 4097
+    for k in ks:
+        for v in ([0.11, 2.3], [torch.tensor(0.11), torch.tensor(2.3)], None):
+            k_mode, k_t = commit_kv._scale_table("k", k, 2, torch.bfloat16, cpu)
+            v_mode, v_t = commit_kv._scale_table("v", v, 2, torch.bfloat16, cpu)
+            read = commit_kv._scale_reader(k, v, k_mode, v_mode, torch.bfloat16, cpu)
+            if read is None:  # numbers only
+                assert not any(isinstance(x, torch.Tensor) for x in [*k, *(v or [])])
+                continue
+            assert torch.equal(read(), torch.stack([k_t, v_t])), (k, v)
     assert commit_kv._scale_reader([0.5, 2.0], [1.0, 3.0], commit_kv.SCALE_DIV,
                                    commit_kv.SCALE_DIV, torch.bfloat16, cpu) is None  # numbers
 

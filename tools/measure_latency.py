@@ -126,6 +126,9 @@ def _serve(conn, plugin_on: bool, env: dict, kw: dict) -> None:
             msg = conn.recv()
             if msg[0] == "stop":
                 break
+            if msg[0] == "flush":  # radix cache, KV pool, NGRAM corpus: a fresh start
+                conn.send(("out", engine.flush_cache()))
+                continue
             conn.send(("out", engine.generate(input_ids=msg[1], sampling_params=msg[2])))
     finally:
         engine.shutdown()
@@ -176,6 +179,11 @@ class Resident:
         kind, out = self.conn.recv()
         return out
 
+    def flush(self):
+        """SGLang's ``flush_cache``: empties the radix cache and resets NGRAM's corpus."""
+        self.conn.send(("flush",))
+        self.conn.recv()
+
     def shutdown(self):
         try:
             if self.proc.is_alive():
@@ -191,6 +199,12 @@ def timed(args, res: Resident, bs: int, seed: int, vocab: int) -> dict:
 
     params = {"temperature": 0.0, "max_new_tokens": args.tokens, "ignore_eos": True}
     prompts = prompts_for(bs, args.prompt_len, vocab, seed)
+    if args.flush:  # every timed batch starts from the same engine state (off the clock)
+        res.flush()  # it also empties torch's allocator cache: refill it with a short batch
+        mark = read_phases(res.phases).get("flushes", 0)
+        res.generate(prompts_for(bs, args.prompt_len, vocab, 1000 + seed),
+                     {"temperature": 0.0, "max_new_tokens": 4, "ignore_eos": True})
+        wait_flush(res.phases, mark)  # its phase clocks are written before the timed batch's
     before = read_phases(res.phases)
     sampler = GpmSampler() if args.gpm and has_cuda() else None
     t0 = time.perf_counter()
@@ -370,6 +384,9 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--acc-len", type=float, default=2.5, help="SGLANG_SIMULATE_ACC_LEN (dummy model)")
     ap.add_argument("--gpm", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--flush", action=argparse.BooleanOptionalAction, default=True,
+                    help="flush_cache before each timed batch: run 23's repeats drifted slower as "
+                         "the NGRAM corpus and radix cache grew (plain decoding did not)")
     ap.add_argument("--log-interval", type=int, default=0,
                     help="SGLANG_NWOR_SCV_LOG_INTERVAL (0: the plugin's default, as served)")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
@@ -396,6 +413,7 @@ def main() -> int:
 
     meta = {"card": card(), "model": model, "spec": args.spec, "repeats": args.repeats,
             "tokens": args.tokens, "acceptance": acceptance, "modes": args.modes, "bs": args.bs,
+            "flush_before_batch": args.flush,
             "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
     engines, runs = {}, []

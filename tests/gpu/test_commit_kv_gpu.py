@@ -326,9 +326,10 @@ def test_kept_plan_follows_in_place_scale_updates_on_cuda(scale_kind):
         torch.cuda.synchronize()
         for a, b in zip(kd + vd, kd_ref + vd_ref, strict=True):
             assert torch.equal(as_bytes(a), as_bytes(b)), f"step {step}"
-        k_mode, k_t = commit_kv._scale_table("k", k_scales, LAYERS, torch.bfloat16, DEV)
-        v_mode, v_t = commit_kv._scale_table("v", v_scales, LAYERS, torch.bfloat16, DEV)
-        read = commit_kv._scale_reader(k_scales, v_scales, k_mode, v_mode, torch.bfloat16, DEV)
+        dev = ks[0].device  # cuda:0: the plan's device, as KVCommitPlan passes it
+        k_mode, k_t = commit_kv._scale_table("k", k_scales, LAYERS, torch.bfloat16, dev)
+        v_mode, v_t = commit_kv._scale_table("v", v_scales, LAYERS, torch.bfloat16, dev)
+        read = commit_kv._scale_reader(k_scales, v_scales, k_mode, v_mode, torch.bfloat16, dev)
         if scale_kind == "float":
             assert read is None
         else:

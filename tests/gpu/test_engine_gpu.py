@@ -35,7 +35,8 @@ _upstream_runs: dict = {}
 
 # Forced acceptance for dummy-weight models whose draft never agrees with the target:
 # accepted tokens are the draft's, bonus tokens the target's (upstream's
-# ``real-draft-token`` mode), so outputs still depend on the K/V the plugin commits.
+# ``real-draft-token`` mode, EAGLE topk 1 only), so outputs still depend on the K/V the
+# plugin commits.
 SIMULATED_ACCEPTANCE = {"SGLANG_SIMULATE_ACC_LEN": "2.5",
                         "SGLANG_SIMULATE_ACC_TOKEN_MODE": "real-draft-token"}
 
@@ -131,13 +132,15 @@ def test_patched_tree_stages_graph_verify_steps(tiny_models, patched_site):
     _check_steps(patched.steps, graph=True)
 
 
-def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
-    """EAGLE3 (topk 2 tree) with a dummy-weight draft head on a 4-layer Llama-3-8B-shaped
-    target (dummy weights), CUDA graphs on. A dummy draft head agrees with the target on
-    almost nothing, so acceptance is forced (SGLANG_SIMULATE_ACC_LEN) in upstream's
-    ``real-draft-token`` mode: accepted tokens are the draft's own and each bonus token is
-    the target's prediction, so outputs depend on the committed K/V. (The default ``fixed``
-    mode writes token 100 everywhere, and identity would check nothing.)"""
+@pytest.mark.parametrize("topk", [1, 2], ids=["chain-forced", "tree-own"])
+def test_eagle3_dummy_draft_identity_and_invariants(topk, tmp_path):
+    """EAGLE3 with a dummy-weight draft head on a 4-layer Llama-3-8B-shaped target (dummy
+    weights), CUDA graphs on. A dummy head agrees with the target on almost nothing.
+    topk 1: acceptance forced (SGLANG_SIMULATE_ACC_LEN) in upstream's ``real-draft-token``
+    mode, which takes only topk 1: accepted tokens are the draft's own and each bonus token
+    the target's prediction, so outputs depend on the committed K/V (the default ``fixed``
+    mode writes token 100 everywhere, and identity would check nothing). topk 2: the
+    models' own acceptance, mostly the root row of each window."""
     from tools.realistic_model import write_eagle3_draft, write_llama3_8b
 
     target = write_llama3_8b(tmp_path / "target", layers=4)
@@ -145,15 +148,17 @@ def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
     prompts = [[1000 + (7 * i + j) % 5000 for j in range(24)] for i in range(4)]
     kw = dict(GPU_KW, model_path=str(target), load_format="dummy", speculative_algorithm="EAGLE3",
               speculative_draft_model_path=str(draft), speculative_draft_load_format="dummy",
-              speculative_num_steps=3, speculative_eagle_topk=2, speculative_num_draft_tokens=6,
+              speculative_num_steps=3, speculative_eagle_topk=topk,
+              speculative_num_draft_tokens=4 if topk == 1 else 6,
               cuda_graph_max_bs_decode=8, max_running_requests=8)
-    env = dict(SIMULATED_ACCEPTANCE)
+    env = dict(SIMULATED_ACCEPTANCE) if topk == 1 else {}
     off = run_engine("ngram-tree", tmp_path, prompts, plugin_on=False, max_new_tokens=32, extra_env=env, **kw)
     on = run_engine("ngram-tree", tmp_path, prompts, plugin_on=True, max_new_tokens=32,
                     extra_env={**env, **_graph_env("EAGLE3")}, **kw)
-    print("EAGLE3", _graph_env("EAGLE3") or "defaults", "identical", off.outputs == on.outputs,
-          "steps", len(on.steps), "staged", sum(s["staged"] for s in on.steps),
-          "committed", sum(s["committed"] for s in on.steps), flush=True)
+    print("EAGLE3 topk", topk, _graph_env("EAGLE3") or "defaults", "identical",
+          off.outputs == on.outputs, "steps", len(on.steps), "staged",
+          sum(s["staged"] for s in on.steps), "committed", sum(s["committed"] for s in on.steps),
+          flush=True)
     assert len({tok for out in off.outputs for tok in out}) > 1, "degenerate outputs check nothing"
     assert off.outputs == on.outputs
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps)
@@ -163,8 +168,9 @@ def test_eagle3_dummy_draft_identity_and_invariants(tmp_path):
 @pytest.mark.skipif(os.environ.get("NWOR_SCV_GPU_REALISTIC", "1") == "0", reason="disabled")
 def test_realistic_shape_dummy_weights(tmp_path):
     """Llama-3-8B shapes, dummy weights, acceptance forced by SGLANG_SIMULATE_ACC_LEN
-    (``real-draft-token`` mode, see the EAGLE3 test); eager verify (NWOR stages every
-    step) at batch sizes 1, 8, 32, 64, one engine; invariants every step."""
+    (default ``fixed`` token mode: ``real-draft-token`` takes EAGLE topk 1 only, not
+    NGRAM); eager verify (NWOR stages every step) at batch sizes 1, 8, 32, 64, one engine.
+    Invariants every step, no identity: the forced tokens are all the same."""
     import sglang as sgl
 
     from tools.engine_run import engine_kwargs, prepare_process_env, restore_env
@@ -173,7 +179,8 @@ def test_realistic_shape_dummy_weights(tmp_path):
 
     model = write_llama3_8b(tmp_path / "llama3-8b-dummy")
     log = tmp_path / "steps.jsonl"
-    old = prepare_process_env(True, {**SIMULATED_ACCEPTANCE, "SGLANG_NWOR_SCV_STEP_LOG": str(log)})
+    old = prepare_process_env(True, {"SGLANG_SIMULATE_ACC_LEN": "2.5",
+                                     "SGLANG_NWOR_SCV_STEP_LOG": str(log)})
     try:
         kw = engine_kwargs("ngram-tree", tmp_path, model_path=str(model), load_format="dummy",
                            dtype="bfloat16", disable_cuda_graph=True, mem_fraction_static=0.6,
