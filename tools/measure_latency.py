@@ -169,7 +169,12 @@ class Resident:
     def wait_ready(self, timeout: float) -> None:
         if not self.conn.poll(timeout):
             raise RuntimeError(f"{self.mode}: engine not ready after {timeout:.0f} s")
-        kind, detail = self.conn.recv()
+        try:
+            kind, detail = self.conn.recv()
+        except EOFError:  # the child died before it could report (killed for memory, say)
+            self.proc.join(5)
+            raise RuntimeError(f"{self.mode}: engine process exited with code "
+                               f"{self.proc.exitcode} before it was ready") from None
         if kind != "ready":
             raise RuntimeError(f"{self.mode}: {detail}")
         self.start_s = time.perf_counter() - self.t0
