@@ -147,3 +147,19 @@ def test_ncu_session_console_is_stamped_and_a_timeout_kills_every_process(tmp_pa
     except (ProcessLookupError, FileNotFoundError):
         alive = False
     assert not alive
+
+
+def test_resident_engines_refused_when_they_cannot_fit_together():
+    """Run 26's first call started four 8B-shaped engines on an H100 and lost one to memory
+    after a minute of capture; the pre-flight check says so before anything starts."""
+    from tools.measure_latency import resident_fit
+    from tools.realistic_model import kv_row_bytes, weight_bytes
+
+    gib = 1 << 30
+    assert 15.9e9 < weight_bytes(32) < 16.2e9  # Llama-3-8B in bf16: 8.03 B parameters
+    pool = 128 * (32 + 512 + 64)
+    assert pool * kv_row_bytes(32) > 10e9
+    assert resident_fit(4, 32, pool, 139 * gib) is None  # an H200 holds run 23's four
+    why = resident_fit(4, 32, pool, 79 * gib)  # an H100 does not
+    assert why and "room for 2" in why and "--modes" in why
+    assert resident_fit(3, 32, 32 * (32 + 512 + 64), 79 * gib) is None  # bs <= 32: three fit

@@ -376,6 +376,25 @@ def _us(ph, name):
 
 
 # ---------------------------------------------------------------- main
+ENGINE_OVERHEAD_BYTES = 3 << 30  # CUDA context, graphs, logits and activations, measured loosely
+
+
+def resident_fit(n_engines: int, layers: int, pool_tokens: int, free_bytes: int) -> str | None:
+    """None when ``n_engines`` Llama-3-8B-shaped engines fit in ``free_bytes`` together;
+    else why not. Engines stay resident together so repeats interleave; on a card too
+    small for all modes, run the modes in groups that fit (each group its own command)."""
+    from tools.realistic_model import kv_row_bytes, weight_bytes
+
+    each = weight_bytes(layers) + pool_tokens * kv_row_bytes(layers) + ENGINE_OVERHEAD_BYTES
+    if n_engines * each <= free_bytes:
+        return None
+    fit = max(0, free_bytes // each)
+    return (f"{n_engines} resident engines need about {n_engines * each / 2**30:.0f} GiB "
+            f"({each / 2**30:.1f} GiB each: weights, a {pool_tokens}-token KV pool, overhead); "
+            f"the card has {free_bytes / 2**30:.0f} GiB free, room for {fit}. Pass fewer --modes "
+            f"(or a smaller --bs / --tokens) and run the rest as a second command.")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
@@ -421,6 +440,11 @@ def main() -> int:
             "flush_before_batch": args.flush,
             "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
+    if has_cuda() and args.model != "tiny":
+        pool_tokens = max(args.bs) * (args.prompt_len + args.tokens + 64)
+        why = resident_fit(len(args.modes), args.layers, pool_tokens, torch.cuda.mem_get_info()[0])
+        if why:
+            raise SystemExit(why)
     engines, runs = {}, []
     try:
         for mode in args.modes:  # all start at once; each is waited for in turn

@@ -45,3 +45,13 @@ def kv_row_bytes(layers: int = 32, dtype_bytes: int = 2) -> int:
     cfg = LLAMA3_8B
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     return 2 * layers * cfg["num_key_value_heads"] * head_dim * dtype_bytes
+
+
+def weight_bytes(layers: int = 32, dtype_bytes: int = 2) -> int:
+    """Bytes of the model's weights (embedding, layers, final norm, LM head): what every
+    resident engine holds before its KV pool."""
+    c = LLAMA3_8B
+    h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv_width = c["num_key_value_heads"] * (h // c["num_attention_heads"])
+    per_layer = h * (h + 2 * kv_width) + h * h + 3 * h * inter + 2 * h
+    return dtype_bytes * (2 * vocab * h + layers * per_layer + h)
