@@ -9,6 +9,7 @@ CSV reduction is checked on a hand-written ncu CSV (ncu needs a GPU).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -163,3 +164,20 @@ def test_resident_engines_refused_when_they_cannot_fit_together():
     why = resident_fit(4, 32, pool, 79 * gib)  # an H100 does not
     assert why and "room for 2" in why and "--modes" in why
     assert resident_fit(3, 32, 32 * (32 + 512 + 64), 79 * gib) is None  # bs <= 32: three fit
+
+
+def test_eagle3_latency_spec_gets_a_dummy_head_reading_existing_layers(tmp_path):
+    """``--spec eagle3-chain`` on the Llama-3-8B shape: the engine arguments name a dummy
+    EAGLE3 head whose auxiliary layers exist in the target, and plain decoding drops it."""
+    from tools.measure_engine import build_engine_kwargs
+    from tools.realistic_model import write_llama3_8b
+
+    for layers in (32, 4):
+        target = write_llama3_8b(tmp_path / f"t{layers}", layers)
+        kw = build_engine_kwargs("llama3-8b", "eagle3-chain", target, max_bs=8)
+        assert kw["speculative_algorithm"] == "EAGLE3" and kw["speculative_draft_load_format"] == "dummy"
+        head = json.loads((Path(kw["speculative_draft_model_path"]) / "config.json").read_text())
+        aux = head["eagle_config"]["eagle_aux_hidden_state_layer_ids"]
+        assert len(aux) == 3 and all(0 <= a < layers for a in aux)
+        plain = build_engine_kwargs("llama3-8b", "eagle3-chain", target, max_bs=8, mode="no-spec")
+        assert not any(k.startswith("speculative_") for k in plain)

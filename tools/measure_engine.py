@@ -90,6 +90,16 @@ def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
     return plugin_on, env
 
 
+def eagle3_head_for(model_dir: Path) -> Path:
+    """A dummy EAGLE3 head beside ``model_dir``'s Llama-3-8B-shaped target, reading the
+    target layers EAGLE3 reads in Llama models (early, middle, late)."""
+    from tools.realistic_model import write_eagle3_draft
+
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    aux = (2, layers // 2, layers - 3) if layers >= 8 else (0, 1, 2)
+    return write_eagle3_draft(model_dir.parent / (model_dir.name + "-eagle3-head"), aux)
+
+
 def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, mode: str | None = None,
                         graphs: bool = True, tp: int = 1) -> dict:
     """Engine arguments for ``spec`` (tools/engine_run.SPEC_CONFIGS) on the ``tiny`` trained
@@ -102,6 +112,9 @@ def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, 
     else:  # NGRAM needs no draft model; acceptance comes from SGLANG_SIMULATE_ACC_LEN
         kw = engine_kwargs(spec, model_dir, model_path=str(model_dir), load_format="dummy",
                            dtype="bfloat16", mem_fraction_static=0.8)
+        if kw["speculative_algorithm"] in ("EAGLE", "EAGLE3"):  # a dummy head beside the target
+            kw.update(speculative_draft_model_path=str(eagle3_head_for(model_dir)),
+                      speculative_draft_load_format="dummy")
     if mode in PLAIN_DECODING:
         kw = {k: v for k, v in kw.items() if not k.startswith("speculative_")}
     kw.update(max_running_requests=max_bs, log_level="error")

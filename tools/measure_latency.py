@@ -18,6 +18,10 @@ called only when its CI excludes 0.
     python tools/measure_latency.py --out OUT --layers 32 --spec ngram-tree-n8 \\
         --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 --repeats 5
 
+``--spec eagle3-chain`` runs a dummy-weight EAGLE3 head on the same target: SGLang's
+EAGLE v2 worker with its overlap scheduler, where the post-verify host work can reach
+the critical path (NGRAM on 0.5.17 runs without overlap).
+
 Writes OUT/latency.json and OUT/latency.md.
 """
 
@@ -285,6 +289,7 @@ def _median_phases(rows: list[dict]) -> dict:
 
 BEFORE_LAUNCH = ("loop.recv", "loop.input", "loop.schedule", "loop.output", "spec.ngram.draft",
                  "forward.worker")
+DRAFT = ("spec.ngram.draft", "spec.eagle.draft")  # EAGLE's draft forwards run on the GPU too
 AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus")
 
 
@@ -301,7 +306,7 @@ def critical_path(point: dict) -> dict:
     active = point.get("gpu_active")
     return {"iteration": iteration,
             "gpu_idle": None if active is None else iteration * (1 - active / 100),
-            "before_launch": us(BEFORE_LAUNCH), "draft": us(("spec.ngram.draft",)),
+            "before_launch": us(BEFORE_LAUNCH), "draft": us(DRAFT),
             "after_launch": us(AFTER_LAUNCH)}
 
 
@@ -379,13 +384,16 @@ def _us(ph, name):
 ENGINE_OVERHEAD_BYTES = 3 << 30  # CUDA context, graphs, logits and activations, measured loosely
 
 
-def resident_fit(n_engines: int, layers: int, pool_tokens: int, free_bytes: int) -> str | None:
+def resident_fit(n_engines: int, layers: int, pool_tokens: int, free_bytes: int,
+                 draft_layers: int = 0) -> str | None:
     """None when ``n_engines`` Llama-3-8B-shaped engines fit in ``free_bytes`` together;
     else why not. Engines stay resident together so repeats interleave; on a card too
     small for all modes, run the modes in groups that fit (each group its own command)."""
     from tools.realistic_model import kv_row_bytes, weight_bytes
 
     each = weight_bytes(layers) + pool_tokens * kv_row_bytes(layers) + ENGINE_OVERHEAD_BYTES
+    if draft_layers:  # an EAGLE3 head: its own embedding and LM head, its layer, its KV pool
+        each += weight_bytes(draft_layers) + pool_tokens * kv_row_bytes(draft_layers)
     if n_engines * each <= free_bytes:
         return None
     fit = max(0, free_bytes // each)
@@ -442,7 +450,9 @@ def main() -> int:
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
     if has_cuda() and args.model != "tiny":
         pool_tokens = max(args.bs) * (args.prompt_len + args.tokens + 64)
-        why = resident_fit(len(args.modes), args.layers, pool_tokens, torch.cuda.mem_get_info()[0])
+        draft_layers = 1 if args.spec.startswith("eagle") else 0
+        why = resident_fit(len(args.modes), args.layers, pool_tokens, torch.cuda.mem_get_info()[0],
+                           draft_layers)
         if why:
             raise SystemExit(why)
     engines, runs = {}, []
