@@ -15,7 +15,8 @@ mask upstream copied there for ``reconstruct_indices_from_tree_mask`` and ``seq_
 
 - ``full_tree_mask_ref``: plain torch, upstream's loop, the spec and the CPU oracle.
 - ``_full_tree_mask_kernel``: Triton, grid ``(bs, N, column tiles)``.
-- ``full_tree_mask``: one ``cumsum`` for the block offsets, one launch; no host sync
+- ``full_tree_mask``: one launch (each program sums the earlier lengths for its block
+  offset, so no ``cumsum`` launch); no host sync
   (the output size and the widest row come from ``seq_lens_cpu``, which upstream reads
   on the host for the same purpose).
 """
@@ -45,14 +46,17 @@ def full_tree_mask_ref(tree_mask: torch.Tensor, seq_lens_cpu: torch.Tensor, num_
 
 # ---------------------------------------------------------------- kernel
 @triton.jit
-def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, prefix_end_ptr, out_ptr,
-                           N: tl.constexpr, BLOCK: tl.constexpr):
+def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
+                           N: tl.constexpr, BLOCK: tl.constexpr, BS_BLOCK: tl.constexpr):
     i = tl.program_id(0)
     r = tl.program_id(1)
     c0 = tl.program_id(2) * BLOCK
     seq_len = tl.load(seq_lens_ptr + i).to(tl.int64)
-    # block start: N * (seq_lens[0] + ... + seq_lens[i-1]) + i * N * N
-    start = N * (tl.load(prefix_end_ptr + i).to(tl.int64) - seq_len) + i.to(tl.int64) * N * N
+    # block start: N * (seq_lens[0] + ... + seq_lens[i-1]) + i * N * N; each program sums
+    # the earlier lengths itself (bs is small), which saves a cumsum launch on the host
+    j = tl.arange(0, BS_BLOCK)
+    before = tl.sum(tl.load(seq_lens_ptr + j, mask=j < i, other=0).to(tl.int64), axis=0)
+    start = N * before + i.to(tl.int64) * N * N
     row_len = seq_len + N
     if c0 < row_len:
         cols = c0 + tl.arange(0, BLOCK)
@@ -72,9 +76,8 @@ def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu
     out = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     if bs == 0:
         return out
-    prefix_end = torch.cumsum(seq_lens[:bs], dim=0)
     width = int(seq_lens_cpu.max()) + n
     grid = (bs, n, triton.cdiv(width, _BLOCK))
-    _full_tree_mask_kernel[grid](tree_mask.view(torch.uint8), seq_lens, prefix_end,
-                                 out.view(torch.uint8), N=n, BLOCK=_BLOCK)
+    _full_tree_mask_kernel[grid](tree_mask.view(torch.uint8), seq_lens, out.view(torch.uint8),
+                                 N=n, BLOCK=_BLOCK, BS_BLOCK=triton.next_power_of_2(bs))
     return out

@@ -24,7 +24,7 @@ def _case(bs: int, n: int, lens: list[int], seed: int):
 
 @pytest.mark.parametrize("bs,n,lens", [
     (1, 1, [1]), (1, 8, [5]), (3, 4, [1, 7, 2]), (2, 8, [511, 513]), (4, 6, [1030, 3, 600, 1]),
-    (5, 2, [17, 17, 17, 17, 17])])
+    (5, 2, [17, 17, 17, 17, 17]), (37, 3, [(i * 13) % 41 + 1 for i in range(37)])])
 def test_full_mask_equals_upstreams_loop(bs, n, lens):
     tree, seq_lens = _case(bs, n, lens, seed=bs * 31 + n)
     want = full_tree_mask_ref(tree, seq_lens, n)
