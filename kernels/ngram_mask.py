@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 _BLOCK = 512  # mask columns per program
+_BS_BLOCK = 16  # earlier requests' lengths summed per loop step (small: a chunk per program)
 
 
 # ---------------------------------------------------------------- reference
@@ -54,8 +55,11 @@ def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
     seq_len = tl.load(seq_lens_ptr + i).to(tl.int64)
     # block start: N * (seq_lens[0] + ... + seq_lens[i-1]) + i * N * N; each program sums
     # the earlier lengths itself (bs is small), which saves a cumsum launch on the host
-    j = tl.arange(0, BS_BLOCK)
-    before = tl.sum(tl.load(seq_lens_ptr + j, mask=j < i, other=0).to(tl.int64), axis=0)
+    acc = tl.zeros([BS_BLOCK], dtype=tl.int64)
+    for j0 in range(0, i, BS_BLOCK):  # one specialisation for every batch size
+        j = j0 + tl.arange(0, BS_BLOCK)
+        acc += tl.load(seq_lens_ptr + j, mask=j < i, other=0).to(tl.int64)
+    before = tl.sum(acc, axis=0)
     start = N * before + i.to(tl.int64) * N * N
     row_len = seq_len + N
     if c0 < row_len:
@@ -79,5 +83,5 @@ def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu
     width = int(seq_lens_cpu.max()) + n
     grid = (bs, n, triton.cdiv(width, _BLOCK))
     _full_tree_mask_kernel[grid](tree_mask.view(torch.uint8), seq_lens, out.view(torch.uint8),
-                                 N=n, BLOCK=_BLOCK, BS_BLOCK=triton.next_power_of_2(bs))
+                                 N=n, BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK)
     return out

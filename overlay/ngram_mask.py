@@ -19,11 +19,14 @@ is most of NGRAM's draft time at bs >= 32 (run 23).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from sglang_nwor_scv.config import modes
 
+logger = logging.getLogger("sglang_nwor_scv")
 _counts = {"kernel": 0}
+_broken: list[str] = []  # why the kernel failed once in this process: upstream's loop from then on
 
 
 def wanted(batch) -> bool:
@@ -35,12 +38,23 @@ def wanted(batch) -> bool:
 
 
 def full_mask(tree_mask, batch, num_draft: int):
-    """The full verify mask of ``batch`` from the device draft-tree mask, one launch."""
-    from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask
+    """The full verify mask of ``batch`` from the device draft-tree mask, one launch. If
+    the kernel ever fails (a Triton build the CI never saw, say), this step and every later
+    one get upstream's loop (``full_tree_mask_ref``, the same tensor), with one log line."""
+    from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask, full_tree_mask_ref
 
     bs = len(batch.reqs)
-    _counts["kernel"] += 1
-    return full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu[:bs], num_draft)
+    if not _broken:
+        try:
+            out = full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu[:bs], num_draft)
+            _counts["kernel"] += 1
+            return out
+        except Exception as e:  # never take the server down for an optimisation
+            _broken.append(f"{type(e).__name__}: {e}"[:300])
+            logger.warning("sglang_nwor_scv: NGRAM mask kernel failed (%s); upstream's loop "
+                           "builds the mask from now on", _broken[0])
+    return full_tree_mask_ref(tree_mask[: bs * num_draft * num_draft], batch.seq_lens_cpu[:bs],
+                              num_draft)
 
 
 def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):

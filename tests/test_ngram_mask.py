@@ -24,7 +24,8 @@ def _case(bs: int, n: int, lens: list[int], seed: int):
 
 @pytest.mark.parametrize("bs,n,lens", [
     (1, 1, [1]), (1, 8, [5]), (3, 4, [1, 7, 2]), (2, 8, [511, 513]), (4, 6, [1030, 3, 600, 1]),
-    (5, 2, [17, 17, 17, 17, 17]), (37, 3, [(i * 13) % 41 + 1 for i in range(37)])])
+    (5, 2, [17, 17, 17, 17, 17]), (37, 3, [(i * 13) % 41 + 1 for i in range(37)]),
+    (16, 2, [3] * 16), (17, 2, [2] * 17)])
 def test_full_mask_equals_upstreams_loop(bs, n, lens):
     tree, seq_lens = _case(bs, n, lens, seed=bs * 31 + n)
     want = full_tree_mask_ref(tree, seq_lens, n)
@@ -92,3 +93,35 @@ def test_the_patched_call_site_asks_the_same_switches(monkeypatch, env, want):
         for k in env:
             monkeypatch.delenv(k)
         config.modes.cache_clear()
+
+
+def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
+    """The mask runs before every NGRAM verify launch: if the kernel ever raises (a Triton
+    build CI never saw), that step and the later ones get upstream's loop, the same tensor,
+    with one log line, and the server keeps serving."""
+    from types import SimpleNamespace
+
+    from sglang_nwor_scv import ngram_mask
+    from sglang_nwor_scv.kernels import ngram_mask as kernel
+
+    tree, seq_lens = _case(3, 4, [9, 2, 4], seed=11)
+    big = torch.cat([tree, torch.zeros(4 * 16, dtype=torch.bool)])  # max-bs buffer
+    batch = SimpleNamespace(reqs=[0, 1, 2], seq_lens=seq_lens, seq_lens_cpu=seq_lens)
+    want = full_tree_mask_ref(tree, seq_lens, 4)
+    assert torch.equal(ngram_mask.full_mask(big, batch, 4), want)  # the kernel
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise RuntimeError("no kernel image")
+
+    monkeypatch.setattr(kernel, "full_tree_mask", broken)
+    monkeypatch.setattr(ngram_mask, "_broken", [])
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        first = ngram_mask.full_mask(big, batch, 4)
+        second = ngram_mask.full_mask(big, batch, 4)
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert len(calls) == 1, "the kernel is not retried after a failure"
+    lines = [r.message for r in caplog.records if "mask kernel failed" in r.message]
+    assert len(lines) == 1 and "no kernel image" in lines[0]
