@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.engine_run import REPO, has_cuda  # noqa: E402
+from tools.engine_run import REPO, SPEC_CONFIGS, has_cuda  # noqa: E402
 from tools.measure_engine import (  # noqa: E402
     PLAIN_DECODING,
     build_engine_kwargs,
@@ -160,8 +160,7 @@ class Resident:
         kw = build_engine_kwargs(args.model, args.spec, model_dir, mode=mode, max_bs=max(args.bs))
         kw.update(log_level="warning")
         if has_cuda() and len(args.modes) > 1:  # several engines share the card
-            kw.update(mem_fraction_static=0.9,
-                      max_total_tokens=max(args.bs) * (args.prompt_len + args.tokens + 64))
+            kw.update(mem_fraction_static=0.9, max_total_tokens=pool_tokens(args))
         self.t0 = time.perf_counter()
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -381,24 +380,29 @@ def _us(ph, name):
 
 
 # ---------------------------------------------------------------- main
+def pool_tokens(args) -> int:
+    """KV pool tokens each resident engine gets: the largest batch's prompts and outputs."""
+    return max(args.bs) * (args.prompt_len + args.tokens + 64)
+
+
 ENGINE_OVERHEAD_BYTES = 3 << 30  # CUDA context, graphs, logits and activations, measured loosely
 
 
-def resident_fit(n_engines: int, layers: int, pool_tokens: int, free_bytes: int,
+def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
                  draft_layers: int = 0) -> str | None:
     """None when ``n_engines`` Llama-3-8B-shaped engines fit in ``free_bytes`` together;
     else why not. Engines stay resident together so repeats interleave; on a card too
     small for all modes, run the modes in groups that fit (each group its own command)."""
     from tools.realistic_model import kv_row_bytes, weight_bytes
 
-    each = weight_bytes(layers) + pool_tokens * kv_row_bytes(layers) + ENGINE_OVERHEAD_BYTES
+    each = weight_bytes(layers) + pool_size * kv_row_bytes(layers) + ENGINE_OVERHEAD_BYTES
     if draft_layers:  # an EAGLE3 head: its own embedding and LM head, its layer, its KV pool
-        each += weight_bytes(draft_layers) + pool_tokens * kv_row_bytes(draft_layers)
+        each += weight_bytes(draft_layers) + pool_size * kv_row_bytes(draft_layers)
     if n_engines * each <= free_bytes:
         return None
     fit = max(0, free_bytes // each)
     return (f"{n_engines} resident engines need about {n_engines * each / 2**30:.0f} GiB "
-            f"({each / 2**30:.1f} GiB each: weights, a {pool_tokens}-token KV pool, overhead); "
+            f"({each / 2**30:.1f} GiB each: weights, a {pool_size}-token KV pool, overhead); "
             f"the card has {free_bytes / 2**30:.0f} GiB free, room for {fit}. Pass fewer --modes "
             f"(or a smaller --bs / --tokens) and run the rest as a second command.")
 
@@ -449,10 +453,9 @@ def main() -> int:
             "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
     if has_cuda() and args.model != "tiny":
-        pool_tokens = max(args.bs) * (args.prompt_len + args.tokens + 64)
-        draft_layers = 1 if args.spec.startswith("eagle") else 0
-        why = resident_fit(len(args.modes), args.layers, pool_tokens, torch.cuda.mem_get_info()[0],
-                           draft_layers)
+        eagle = SPEC_CONFIGS[args.spec]["speculative_algorithm"] in ("EAGLE", "EAGLE3")
+        why = resident_fit(len(args.modes), args.layers, pool_tokens(args),
+                           torch.cuda.mem_get_info()[0], draft_layers=1 if eagle else 0)
         if why:
             raise SystemExit(why)
     engines, runs = {}, []
