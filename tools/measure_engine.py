@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.engine_run import REPO, engine_kwargs, has_cuda  # noqa: E402
+from tools.engine_run import REPO, SPEC_CONFIGS, engine_kwargs, has_cuda  # noqa: E402
 from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
 
 _NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off"}
@@ -90,6 +90,11 @@ def mode_env(mode: str, graphs: bool, totals: Path) -> tuple[bool, dict]:
     return plugin_on, env
 
 
+def needs_eagle3_head(spec: str) -> bool:
+    """Does ``spec`` (tools/engine_run.SPEC_CONFIGS) draft with an EAGLE head?"""
+    return SPEC_CONFIGS[spec]["speculative_algorithm"] in ("EAGLE", "EAGLE3")
+
+
 def eagle3_head_for(model_dir: Path) -> Path:
     """A dummy EAGLE3 head beside ``model_dir``'s Llama-3-8B-shaped target, reading the
     target layers EAGLE3 reads in Llama models (early, middle, late)."""
@@ -112,7 +117,7 @@ def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, 
     else:  # NGRAM needs no draft model; acceptance comes from SGLANG_SIMULATE_ACC_LEN
         kw = engine_kwargs(spec, model_dir, model_path=str(model_dir), load_format="dummy",
                            dtype="bfloat16", mem_fraction_static=0.8)
-        if kw["speculative_algorithm"] in ("EAGLE", "EAGLE3"):  # a dummy head beside the target
+        if needs_eagle3_head(spec):  # a dummy head beside the target
             kw.update(speculative_draft_model_path=str(eagle3_head_for(model_dir)),
                       speculative_draft_load_format="dummy")
     if mode in PLAIN_DECODING:

@@ -39,13 +39,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.engine_run import REPO, SPEC_CONFIGS, has_cuda  # noqa: E402
+from tools.engine_run import REPO, has_cuda  # noqa: E402
 from tools.measure_engine import (  # noqa: E402
     PLAIN_DECODING,
     build_engine_kwargs,
     card,
     mode_env,
     mode_name,
+    needs_eagle3_head,
     prompts_for,
 )
 
@@ -400,7 +401,7 @@ def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
         each += weight_bytes(draft_layers) + pool_size * kv_row_bytes(draft_layers)
     if n_engines * each <= free_bytes:
         return None
-    fit = max(0, free_bytes // each)
+    fit = free_bytes // each
     return (f"{n_engines} resident engines need about {n_engines * each / 2**30:.0f} GiB "
             f"({each / 2**30:.1f} GiB each: weights, a {pool_size}-token KV pool, overhead); "
             f"the card has {free_bytes / 2**30:.0f} GiB free, room for {fit}. Pass fewer --modes "
@@ -453,9 +454,9 @@ def main() -> int:
             "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
     if has_cuda() and args.model != "tiny":
-        eagle = SPEC_CONFIGS[args.spec]["speculative_algorithm"] in ("EAGLE", "EAGLE3")
         why = resident_fit(len(args.modes), args.layers, pool_tokens(args),
-                           torch.cuda.mem_get_info()[0], draft_layers=1 if eagle else 0)
+                           torch.cuda.mem_get_info()[0],
+                           draft_layers=1 if needs_eagle3_head(args.spec) else 0)
         if why:
             raise SystemExit(why)
     engines, runs = {}, []
