@@ -168,16 +168,21 @@ def test_resident_engines_refused_when_they_cannot_fit_together():
 
 def test_eagle3_latency_spec_gets_a_dummy_head_reading_existing_layers(tmp_path):
     """``--spec eagle3-chain`` on the Llama-3-8B shape: the engine arguments name a dummy
-    EAGLE3 head whose auxiliary layers exist in the target, and plain decoding drops it."""
+    EAGLE3 head whose auxiliary layers exist in the target, and plain decoding drops it.
+    SGLang captures the input of layer ``id + 1`` (llama.py ``set_eagle3_layers_to_capture``),
+    so every id is at most L - 2; a 3-layer target left one capture out and the head's
+    ``fc`` failed on the first draft (found by a CPU run of measure_latency)."""
     from tools.measure_engine import build_engine_kwargs
     from tools.realistic_model import write_llama3_8b
 
-    for layers in (32, 4):
+    with pytest.raises(ValueError, match="needs >= 4 layers"):
+        build_engine_kwargs("llama3-8b", "eagle3-chain", write_llama3_8b(tmp_path / "t3", 3), max_bs=8)
+    for layers in (32, 8, 4):
         target = write_llama3_8b(tmp_path / f"t{layers}", layers)
         kw = build_engine_kwargs("llama3-8b", "eagle3-chain", target, max_bs=8)
         assert kw["speculative_algorithm"] == "EAGLE3" and kw["speculative_draft_load_format"] == "dummy"
         head = json.loads((Path(kw["speculative_draft_model_path"]) / "config.json").read_text())
         aux = head["eagle_config"]["eagle_aux_hidden_state_layer_ids"]
-        assert len(aux) == 3 and all(0 <= a < layers for a in aux)
+        assert len(set(aux)) == 3 and all(0 <= a and a + 1 < layers for a in aux)
         plain = build_engine_kwargs("llama3-8b", "eagle3-chain", target, max_bs=8, mode="no-spec")
         assert not any(k.startswith("speculative_") for k in plain)

@@ -101,6 +101,8 @@ def eagle3_head_for(model_dir: Path) -> Path:
     from tools.realistic_model import write_eagle3_draft
 
     layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    if layers < 4:  # SGLang captures the input of layer id + 1: three distinct ids <= L - 2
+        raise ValueError(f"an EAGLE3 head reads three target layers: needs >= 4 layers, got {layers}")
     aux = (2, layers // 2, layers - 3) if layers >= 8 else (0, 1, 2)
     return write_eagle3_draft(model_dir.parent / (model_dir.name + "-eagle3-head"), aux)
 

@@ -173,25 +173,30 @@ class Resident:
     def wait_ready(self, timeout: float) -> None:
         if not self.conn.poll(timeout):
             raise RuntimeError(f"{self.mode}: engine not ready after {timeout:.0f} s")
-        try:
-            kind, detail = self.conn.recv()
-        except EOFError:  # the child died before it could report (killed for memory, say)
-            self.proc.join(5)
-            raise RuntimeError(f"{self.mode}: engine process exited with code "
-                               f"{self.proc.exitcode} before it was ready") from None
+        kind, detail = self._recv("before it was ready")
         if kind != "ready":
             raise RuntimeError(f"{self.mode}: {detail}")
         self.start_s = time.perf_counter() - self.t0
 
+    def _recv(self, when: str):
+        """The child's next message; a child that died (killed for memory, an exception in
+        its scheduler) is named by mode and exit code instead of a bare ``EOFError``."""
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            raise RuntimeError(f"{self.mode}: engine process exited with code "
+                               f"{self.proc.exitcode} {when}") from None
+
     def generate(self, prompts, params):
         self.conn.send(("generate", prompts, params))
-        kind, out = self.conn.recv()
+        kind, out = self._recv(f"while generating for {len(prompts)} prompts")
         return out
 
     def flush(self):
         """SGLang's ``flush_cache``: empties the radix cache and resets NGRAM's corpus."""
         self.conn.send(("flush",))
-        self.conn.recv()
+        self._recv("while flushing its cache")
 
     def shutdown(self):
         try:
