@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -434,6 +435,9 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
     ap.add_argument("--deadline-s", type=float, default=0, help="stop starting repeats after this")
     args = ap.parse_args()
+    # A time limit (``timeout``) sends SIGTERM: shut the engines down through ``finally``,
+    # else their processes keep the card's memory and the next group cannot start.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_begin = time.monotonic()
     args.modes = [mode_name(m) for m in args.modes.split(",")]
     args.bs = [int(x) for x in args.bs.split(",")]
