@@ -13,8 +13,8 @@ timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/bench_ngram_mask.p
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
 if [ "$MEM" -gt 100000 ]; then
-  timeout -k 20 440 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
-    --bs 1,32,128 --repeats 6 --deadline-s 290 > "$OUT/a.log" 2>&1
+  timeout -k 15 420 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
+    --bs 1,32,128 --repeats 6 --deadline-s 270 > "$OUT/a.log" 2>&1
 else
   timeout -k 20 260 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default \
     --bs 1,32 --repeats 6 --deadline-s 200 > "$OUT/a.log" 2>&1
