@@ -1,7 +1,8 @@
 """NGRAM's full verify mask in one kernel (kernels/ngram_mask.py), bit for bit against
 upstream's per-request loop, and in the real engine (CPU): SGLang's NGRAM worker builds
 the full mask on any non-CPU-engine build, the CPU test engine included, so the engine
-test swaps the real loop for the kernel and compares outputs with upstream's."""
+test swaps the real loop for the kernel and compares outputs with upstream's. The kernel
+cases put their device tensors on the GPU when there is one (Triton's interpreter on the CPU)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from tools.engine_run import run_engine
 from tools.make_tiny_models import encode
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _case(bs: int, n: int, lens: list[int], seed: int):
+    """(tree mask, seq_lens) on the host, as upstream's loop reads them."""
     g = torch.Generator().manual_seed(seed)
     tree = torch.randint(0, 2, (bs * n * n,), generator=g).to(torch.bool)
     seq_lens = torch.tensor(lens, dtype=torch.int64)
@@ -28,8 +33,8 @@ def _case(bs: int, n: int, lens: list[int], seed: int):
     (16, 2, [3] * 16), (17, 2, [2] * 17)])
 def test_full_mask_equals_upstreams_loop(bs, n, lens):
     tree, seq_lens = _case(bs, n, lens, seed=bs * 31 + n)
-    want = full_tree_mask_ref(tree, seq_lens, n)
-    got = full_tree_mask(tree, seq_lens, seq_lens, n)
+    want = full_tree_mask_ref(tree, seq_lens, n, device=DEVICE)
+    got = full_tree_mask(tree.to(DEVICE), seq_lens.to(DEVICE), seq_lens, n)
     assert got.dtype == torch.bool and got.shape == want.shape
     assert torch.equal(got, want)
 
@@ -38,7 +43,8 @@ def test_full_mask_reads_only_the_first_bs_rows_of_a_preallocated_buffer():
     tree, seq_lens = _case(3, 4, [9, 2, 4], seed=7)
     big = torch.cat([tree, torch.ones(4 * 16, dtype=torch.bool)])  # upstream's buffer is max-bs long
     lens_dev = torch.cat([seq_lens, torch.tensor([99])])  # a padded seq_lens view
-    assert torch.equal(full_tree_mask(big, lens_dev, seq_lens, 4), full_tree_mask_ref(tree, seq_lens, 4))
+    got = full_tree_mask(big.to(DEVICE), lens_dev.to(DEVICE), seq_lens, 4)
+    assert torch.equal(got, full_tree_mask_ref(tree, seq_lens, 4, device=DEVICE))
 
 
 @pytest.mark.engine
@@ -105,9 +111,9 @@ def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
     from sglang_nwor_scv.kernels import ngram_mask as kernel
 
     tree, seq_lens = _case(3, 4, [9, 2, 4], seed=11)
-    big = torch.cat([tree, torch.zeros(4 * 16, dtype=torch.bool)])  # max-bs buffer
-    batch = SimpleNamespace(reqs=[0, 1, 2], seq_lens=seq_lens, seq_lens_cpu=seq_lens)
-    want = full_tree_mask_ref(tree, seq_lens, 4)
+    big = torch.cat([tree, torch.zeros(4 * 16, dtype=torch.bool)]).to(DEVICE)  # max-bs buffer
+    batch = SimpleNamespace(reqs=[0, 1, 2], seq_lens=seq_lens.to(DEVICE), seq_lens_cpu=seq_lens)
+    want = full_tree_mask_ref(tree, seq_lens, 4, device=DEVICE)
     assert torch.equal(ngram_mask.full_mask(big, batch, 4), want)  # the kernel
 
     calls = []

@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${1:?usage: latency_call.sh OUT [args]}; shift
 bash ci/gpu/card.sh "$OUT"
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/bench_ngram_mask.py \
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/bench_ngram_mask.py tests/test_ngram_mask.py \
   -k "not engine" > "$OUT/mask_tests.txt" 2>&1; tail -n 3 "$OUT/mask_tests.txt"
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
