@@ -124,3 +124,30 @@ def test_critical_path_sums_the_phases_around_the_verify_launch():
     assert c == {"iteration": 10_000, "gpu_idle": 2_500, "before_launch": 2_855, "draft": 2_000,
                  "after_launch": 520}  # forward.model is inside forward.worker: not counted twice
     assert critical_path({"phases_us": ph, "gpu_active": None})["gpu_idle"] is None
+
+
+def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
+    """Two calls' runs of one setup make one report with more rounds; a run from another
+    card (or model, spec, versions) is refused, not averaged in."""
+    import pytest
+
+    from tools.measure_latency import merge_runs, summarize
+
+    def report(card, offsets):
+        meta = {"card": card, "model": "m", "spec": "s", "tokens": 8, "acceptance": "a",
+                "versions": "v", "flush_before_batch": True, "modes": ["plugin-off", "default"],
+                "bs": [1], "command": "c"}
+        runs = [{"mode": m, "bs": 1, "repeat": r, "ms_per_step": base + d, "ms_per_token": 1.0,
+                 "gpu_active": None, "phases": {}}
+                for r, base in enumerate(offsets) for m, d in (("plugin-off", 1.0), ("default", 0.0))]
+        return {"meta": meta, "runs": runs}
+
+    meta, runs = merge_runs([report("H100", [10, 20]), report("H100", [30, 40, 50])])
+    assert meta["repeats"] == 5 and meta["merged_from"] == 2
+    assert sorted({r["repeat"] for r in runs}) == [0, 1, 2, 3, 4]
+    point = next(p for p in summarize(runs, meta["modes"], meta["bs"]) if p["mode"] == "default")
+    # every round pairs default with its own plugin-off run: default is 1 ms faster in each,
+    # although the rounds themselves span 10-50 ms
+    assert point["n"] == 5 and point["vs_plugin-off"]["called"] and point["vs_plugin-off"]["ci95"][1] < 0
+    with pytest.raises(SystemExit, match="card"):
+        merge_runs([report("H100", [10]), report("H200", [10])])

@@ -434,7 +434,14 @@ def main() -> int:
                     help="SGLANG_NWOR_SCV_LOG_INTERVAL (0: the plugin's default, as served)")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
     ap.add_argument("--deadline-s", type=float, default=0, help="stop starting repeats after this")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR",
+                    help="no measurement: one report (in --out) from these runs' latency.json")
     args = ap.parse_args()
+    if args.merge:
+        meta, runs = merge_runs([json.loads((d / "latency.json").read_text()) for d in args.merge])
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_report(args.out, meta, runs)
+        return 0
     # A time limit (``timeout``) sends SIGTERM: shut the engines down through ``finally``,
     # else their processes keep the card's memory and the next group cannot start.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -512,9 +519,43 @@ def main() -> int:
     return 0
 
 
+SAME_SETUP = ("card", "model", "spec", "tokens", "acceptance", "versions", "flush_before_batch")
+
+
+def merge_runs(reports: list[dict]) -> tuple[dict, list[dict]]:
+    """One set of runs from several calls of the same setup (a device call holds about five
+    repeats of the 8B shape; more repeats narrow the intervals). Repeat rounds are renumbered
+    so paired differences still pair runs of one round. Refuses reports whose card, model,
+    spec, tokens, acceptance or versions differ: those are not repeats of one experiment."""
+    first = reports[0]["meta"]
+    for r in reports[1:]:
+        diff = [k for k in SAME_SETUP if r["meta"].get(k) != first.get(k)]
+        if diff:
+            raise SystemExit(f"cannot merge: the runs differ in {', '.join(diff)}")
+    runs, offset = [], 0
+    for r in reports:
+        rounds = sorted({row["repeat"] for row in r["runs"]})
+        renumber = {old: offset + i for i, old in enumerate(rounds)}
+        runs += [dict(row, repeat=renumber[row["repeat"]]) for row in r["runs"]]
+        offset += len(rounds)
+    modes = list(dict.fromkeys(m for r in reports for m in r["meta"]["modes"]))
+    bs = sorted({b for r in reports for b in r["meta"]["bs"]})
+    per_point = max(sum(1 for row in runs if (row["mode"], row["bs"]) == key)
+                    for key in {(row["mode"], row["bs"]) for row in runs})
+    meta = dict(first, modes=modes, bs=bs, repeats=per_point, merged_from=len(reports),
+                command=f"merged from {len(reports)} runs: "
+                        + " ; ".join(r["meta"]["command"] for r in reports))
+    return meta, runs
+
+
 def _write(out: Path, meta: dict, runs: list[dict], engines: dict) -> None:
     meta = dict(meta, engine_start_s={m: e.start_s and round(e.start_s, 1) for m, e in engines.items()},
                 outermost={m: read_phases(e.phases).get("outermost") for m, e in engines.items()})
+    write_report(out, meta, runs)
+
+
+def write_report(out: Path, meta: dict, runs: list[dict]) -> None:
+    """latency.json (meta, points, every run) and latency.md."""
     points = summarize(runs, meta["modes"], meta["bs"])
     (out / "latency.json").write_text(json.dumps({"meta": meta, "points": points, "runs": runs}, indent=1))
     (out / "latency.md").write_text(markdown(meta, points))
