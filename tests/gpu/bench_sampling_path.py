@@ -7,8 +7,8 @@ asks about.
 The sequence is ``eagle_sample``'s sampling branch without penalties, top-k or top-p
 (SGLang 0.5.17 and 0.5.23 alike): logits / temperature, softmax, ``zeros_like``, then
 sgl_kernel's ``tree_speculative_sampling_target_only``. ``extra_info`` has the device µs
-per call of the whole path and of the ``zeros_like`` alone (CUDA events, back to back),
-which decides whether a fused path is worth building: the decision is in docs/status.md.
+per call of the whole path and of the ``zeros_like`` alone (CUDA events, back to back):
+the data for deciding whether a fused path is worth building (issue 14, item 3).
 """
 
 import pytest
