@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -540,9 +541,10 @@ def merge_runs(reports: list[dict]) -> tuple[dict, list[dict]]:
         offset += len(rounds)
     modes = list(dict.fromkeys(m for r in reports for m in r["meta"]["modes"]))
     bs = sorted({b for r in reports for b in r["meta"]["bs"]})
-    per_point = max(sum(1 for row in runs if (row["mode"], row["bs"]) == key)
-                    for key in {(row["mode"], row["bs"]) for row in runs})
+    per_point = max(Counter((row["mode"], row["bs"]) for row in runs).values())
     meta = dict(first, modes=modes, bs=bs, repeats=per_point, merged_from=len(reports),
+                engine_start_s=[r["meta"].get("engine_start_s") for r in reports],
+                outermost=[r["meta"].get("outermost") for r in reports],
                 command=f"merged from {len(reports)} runs: "
                         + " ; ".join(r["meta"]["command"] for r in reports))
     return meta, runs
