@@ -18,7 +18,8 @@ import pytest
 
 from sglang_nwor_scv.phases import PhaseClock
 from tools.engine_run import REPO
-from tools.measure_latency import bootstrap_ci, critical_path, paired_difference, phase_delta
+from tools.measure_latency import (MIN_ROUNDS, _diff, bootstrap_ci, critical_path, paired_difference,
+                                   phase_delta)
 
 
 def _spin(ns: int) -> None:
@@ -86,6 +87,15 @@ def test_paired_difference_is_called_only_when_its_ci_excludes_zero():
     assert not d["called"] and d["ci95"][0] < 0 < d["ci95"][1]
     lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert 1.0 <= lo <= 3.0 <= hi <= 5.0
+
+
+def test_too_few_rounds_call_nothing_and_the_report_says_so():
+    """Three rounds of the same sign exclude 0 in a bootstrap (it only resamples them), which
+    is no evidence: under MIN_ROUNDS paired rounds no difference is called (H200 run 29 had 3)."""
+    base = {r: 10.0 + 0.1 * r for r in range(MIN_ROUNDS - 2)}
+    d = paired_difference({r: v * 0.9 for r, v in base.items()}, base)
+    assert d["ci95"][1] < 0 and not d["called"]
+    assert "no claim" in _diff(d) and "**" not in _diff(d)
 
 
 @pytest.mark.engine

@@ -54,6 +54,7 @@ from tools.measure_engine import (  # noqa: E402
 
 PHASE_PLUGIN = "nwor_scv_phases"
 BASELINES = ("plugin-off", "plugin-off-native-move")
+MIN_ROUNDS = 5  # the project's method: fewer paired rounds than this and no difference is called
 
 
 # ---------------------------------------------------------------- statistics
@@ -76,7 +77,7 @@ def paired_difference(mode_runs: dict[int, float], base_runs: dict[int, float]) 
         return None
     lo, hi = bootstrap_ci(diffs)
     return {"median": statistics.median(diffs), "ci95": [lo, hi], "n": len(diffs),
-            "called": lo > 0 or hi < 0}
+            "called": len(diffs) >= MIN_ROUNDS and (lo > 0 or hi < 0)}
 
 
 # ---------------------------------------------------------------- phase clocks
@@ -319,7 +320,8 @@ def critical_path(point: dict) -> dict:
 
 def markdown(meta: dict, points: list[dict]) -> str:
     lines = [f"# Latency per verify step, interleaved ({meta['card']})", "",
-             f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats per point, modes "
+             f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats asked per point "
+             f"(completed: column n), modes "
              f"interleaved (rotating order), {meta['tokens']} output tokens per request, "
              f"greedy; acceptance: {meta['acceptance']}. Versions: {meta['versions']}.",
              f"Command: `{meta['command']}`", "",
@@ -327,16 +329,17 @@ def markdown(meta: dict, points: list[dict]) -> str:
                for m, e in meta.get("errors", {}).items()],
              "Median ms per verify step (decode step for `no-spec`) with its bootstrap 95% CI; "
              "differences are paired per repeat round, median and 95% CI; **bold** when the CI "
-             "excludes 0. Host µs per busy scheduler iteration from the phase clocks.", "",
-             "| bs | mode | ms/step [95% CI] | CI width | ms/token | tok/s | GPU active | "
+             f"excludes 0 and at least {MIN_ROUNDS} rounds were paired. Host µs per busy scheduler "
+             "iteration from the phase clocks.", "",
+             "| bs | mode | n | ms/step [95% CI] | CI width | ms/token | tok/s | GPU active | "
              "vs plugin-off | vs native move | vs no-spec (per token) | host µs/iter | run_batch µs | "
              "output µs | schedule µs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         ph = p["phases_us"]
         lo, hi = p["ms_per_step_ci95"]
         lines.append("| " + " | ".join([
-            str(p["bs"]), f"`{p['mode']}`", f"{p['ms_per_step']:.2f} [{lo:.2f}, {hi:.2f}]",
+            str(p["bs"]), f"`{p['mode']}`", str(p["n"]), f"{p['ms_per_step']:.2f} [{lo:.2f}, {hi:.2f}]",
             f"{p['ci_width_pct']:.1f}%", f"{p['ms_per_token']:.3f}", f"{p['tokens_per_s']:.0f}",
             "–" if p["gpu_active"] is None else f"{p['gpu_active']:.0f}%",
             _diff(p.get("vs_plugin-off")), _diff(p.get("vs_plugin-off-native-move")),
@@ -379,6 +382,8 @@ def _diff(d):
         return "–"
     lo, hi = d["ci95"]
     text = f"{100 * d['median']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    if d.get("n", MIN_ROUNDS) < MIN_ROUNDS:
+        return f"{text} (n={d['n']}, no claim)"
     return f"**{text}**" if d["called"] else text
 
 
@@ -434,7 +439,9 @@ def main() -> int:
     ap.add_argument("--log-interval", type=int, default=0,
                     help="SGLANG_NWOR_SCV_LOG_INTERVAL (0: the plugin's default, as served)")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for the servers to start")
-    ap.add_argument("--deadline-s", type=float, default=0, help="stop starting repeats after this")
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="finish by this many seconds after start: no repeat starts that the "
+                         "longest repeat so far says would end later")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR",
                     help="no measurement: one report (in --out) from these runs' latency.json")
     args = ap.parse_args()
@@ -496,10 +503,12 @@ def main() -> int:
             for bs in args.bs:
                 res.generate(prompts_for(bs, args.prompt_len, vocab, 1),
                              {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True})
+        longest = 0.0
         for r in range(args.repeats):
-            if args.deadline_s and r and time.monotonic() - t_begin > args.deadline_s:
+            if args.deadline_s and r and time.monotonic() - t_begin + longest > args.deadline_s:
                 print(f"deadline: stopping after {r} repeats", flush=True)
                 break
+            t_round = time.monotonic()
             for bs in args.bs:
                 order = args.modes[r % len(args.modes):] + args.modes[:r % len(args.modes)]
                 for mode in order:
@@ -509,6 +518,7 @@ def main() -> int:
                     print(json.dumps({k: row[k] for k in ("repeat", "mode", "bs", "ms_per_step",
                                                           "steps", "gpu_active")}), flush=True)
             _write(args.out, meta, runs, engines)
+            longest = max(longest, time.monotonic() - t_round)
     finally:
         for res in engines.values():
             try:

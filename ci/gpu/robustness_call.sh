@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Issue 16 on a GPU in two device calls (run inside an installed env, see install_device_env.sh):
-#   bash ci/gpu/robustness_call.sh OUT serve     fault injection + the 128-stream soak (NGRAM
-#                                                tree) + a 64-stream STANDALONE soak
-#   bash ci/gpu/robustness_call.sh OUT sanitizer compute-sanitizer memcheck/racecheck/initcheck
-# Each part has a hard timeout inside the call's 10 minutes; pass/fail per part is printed last.
+# Issue 16 on a GPU, one part per device call (run inside an installed env, see
+# install_device_env.sh):
+#   bash ci/gpu/robustness_call.sh OUT serve     the 128-stream soak (NGRAM tree) and a 64-stream
+#                                                STANDALONE soak, each against a plugin-off server
+#   bash ci/gpu/robustness_call.sh OUT faults    fault injection, one pytest process per test so
+#                                                a failure's message prints when it happens (run
+#                                                28/31: the step's timeout cut pytest before its
+#                                                summary and the failures were lost)
+#   bash ci/gpu/robustness_call.sh OUT sanitizer compute-sanitizer memcheck/initcheck/racecheck
+# Each part has hard timeouts inside the call's 10 minutes; pass/fail per part is printed last.
 set -uo pipefail
-OUT=${1:?usage: robustness_call.sh OUT serve|sanitizer}; PART=${2:?serve|sanitizer}
+OUT=${1:?usage: robustness_call.sh OUT serve|faults|sanitizer}; PART=${2:?serve|faults|sanitizer}
 bash ci/gpu/card.sh "$OUT"
 python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 declare -A RC
@@ -18,13 +23,17 @@ part() {  # name timeout cmd...
 SOAK=(python3 tools/soak.py --requests 2 --max-total-tokens 6000 --chunked-prefill 256 --start-timeout 150)
 case $PART in
   serve)
-    part faults 170 python3 -m pytest -q -s -p no:cacheprovider tests/test_faults.py --junitxml="$OUT/faults.xml"
-    part soak-ngram-tree 200 "${SOAK[@]}" --out "$OUT/soak-ngram-tree" --spec ngram-tree --streams 128
-    part soak-standalone 150 "${SOAK[@]}" --out "$OUT/soak-standalone" --spec standalone-chain --streams 64 ;;
+    part soak-ngram-tree 240 "${SOAK[@]}" --out "$OUT/soak-ngram-tree" --spec ngram-tree --streams 128
+    part soak-standalone 220 "${SOAK[@]}" --out "$OUT/soak-standalone" --spec standalone-chain --streams 64 ;;
+  faults)  # about 75 s a test on an H200 (three engines each)
+    for node in $(python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_faults.py | grep '::'); do
+      name=faults-$(echo "${node#*::}" | tr -c 'A-Za-z0-9_.-' '_')
+      part "$name" 120 python3 -m pytest -q -s -p no:cacheprovider --tb=short "$node"
+    done ;;
   sanitizer)
-    OUT=$OUT SUITE_STEPS=sanitizer SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-170} bash ci/gpu/run_gpu_suite.sh
+    OUT=$OUT SUITE_STEPS=sanitizer bash ci/gpu/run_gpu_suite.sh
     RC[sanitizer]=$? ;;
-  *) echo "unknown part '$PART' (serve|sanitizer)"; exit 2 ;;
+  *) echo "unknown part '$PART' (serve|faults|sanitizer)"; exit 2 ;;
 esac
 for k in "${!RC[@]}"; do echo "$k rc=${RC[$k]}"; done
 for k in "${!RC[@]}"; do [ "${RC[$k]}" = 0 ] || exit 1; done

@@ -10,6 +10,7 @@ host); ``extra_info`` has the launches per call (torch.profiler).
 
 import pytest
 import torch
+from tests.gpu.sanitizer_shapes import ends  # noqa: E402
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -28,7 +29,7 @@ def _inputs(bs: int):
     return host_tree, host_tree.cuda(), lens_cpu, lens_cpu.cuda()
 
 
-@pytest.mark.parametrize("bs", [1, 8, 32, 128])
+@pytest.mark.parametrize("bs", ends([1, 8, 32, 128]))
 @pytest.mark.parametrize("provider", ["upstream-loop", "kernel"])
 def test_bench_full_mask(benchmark, bs, provider):
     host_tree, tree, lens_cpu, lens = _inputs(bs)

@@ -10,6 +10,7 @@ real pool's ``set_kv_buffer`` is compared too.
 
 import pytest
 import torch
+from tests.gpu.sanitizer_shapes import ends  # noqa: E402
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -97,7 +98,7 @@ def scales_for(kind, seed):
     return tuple(vals)  # k_scale_float style host floats
 
 
-@pytest.mark.parametrize("bs,n", SHAPES)
+@pytest.mark.parametrize("bs,n", ends(SHAPES))
 @pytest.mark.parametrize(
     "kv_dtype,scale_kind",
     [(torch.bfloat16, None), (torch.float8_e4m3fn, "tensor"), (torch.float8_e4m3fn, "float")],

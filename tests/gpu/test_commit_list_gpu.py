@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.gpu.sanitizer_shapes import ends  # noqa: E402
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("n,depth", [(2, 2), (4, 4), (8, 8), (64, 8), (64, 64)])
-@pytest.mark.parametrize("bs", [1, 8, 32, 128])
+@pytest.mark.parametrize("n,depth", ends([(2, 2), (4, 4), (8, 8), (64, 8), (64, 64)]))
+@pytest.mark.parametrize("bs", ends([1, 8, 32, 128]))
 def test_commit_list_at_real_shapes(bs, n, depth, index_dtype):
     index, lens, slots = acceptance_case(bs, n, depth, index_dtype, strided=False, seed=bs * 131 + n)
     src, dst = commit_list_from_acceptance(index, lens, slots, n)
@@ -32,7 +33,7 @@ def test_commit_list_at_real_shapes(bs, n, depth, index_dtype):
     assert launches_per_call(lambda: commit_list_from_acceptance(index, lens, slots, n)) == 1
 
 
-@pytest.mark.parametrize("m", [1, 8 * 8, 128 * 64, 128 * 64 + 5])
+@pytest.mark.parametrize("m", ends([1, 8 * 8, 128 * 64, 128 * 64 + 5]))
 def test_slots_from_positions_at_real_shapes(m):
     g = torch.Generator().manual_seed(m)
     pos = torch.randint(-1, m, (m,), generator=g).cuda()

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.gpu.sanitizer_shapes import ends  # noqa: E402
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -83,8 +84,8 @@ def _overlaps(accept_index, num_correct, n) -> bool:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
-@pytest.mark.parametrize("bs,n,depth", [(1, 4, 4), (8, 8, 8), (32, 8, 8), (48, 6, 6), (128, 8, 8),
-                                        (256, 8, 5), (64, 64, 64)])
+@pytest.mark.parametrize("bs,n,depth", ends([(1, 4, 4), (8, 8, 8), (32, 8, 8), (48, 6, 6), (128, 8, 8),
+                                             (256, 8, 5), (64, 64, 64)]))
 def test_move_equals_spec_and_sglang_move_at_real_shapes(dtype, bs, n, depth):
     size = bs * n + 64
     accept_index, num_correct = _acceptance(bs, n, depth, seed=bs + n)
