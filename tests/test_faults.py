@@ -33,7 +33,8 @@ def test_nan_logits_on_some_verify_steps(spec, tiny_models):
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, **kw)
     clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20)
     assert off.outputs != clean.outputs, "the fault changed nothing: it was not injected"
-    assert on.outputs == off.outputs
+    assert on.outputs == off.outputs, ("plugin on differs from upstream under the same fault",
+                                       on.outputs, off.outputs)
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps
     assert all(s["poison_ok"] and s["outside_ok"] and s["commit_ok"] for s in on.steps)
 
@@ -73,8 +74,12 @@ def _fault_then_retry(kind, spec, tiny_models, tmp_path, **engine_kw):
     off, off_faults, _ = run(False, "off")
     on, on_faults, totals = run(True, "on")
     clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20, **engine_kw)
-    assert off_faults == on_faults == [f"{kind} 2", f"{kind} 5"]
-    assert on.outputs == off.outputs == clean.outputs
+    assert off_faults == on_faults == [f"{kind} 2", f"{kind} 5"], (off_faults, on_faults)
+    # separate checks, so a GPU log says which side broke (run 31 lost the message)
+    assert off.outputs == clean.outputs, ("upstream alone: the retried step changed the outputs",
+                                          off.outputs, clean.outputs)
+    assert on.outputs == off.outputs, ("plugin on differs from upstream under the same retry",
+                                       on.outputs, off.outputs)
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps
     assert all(s["poison_ok"] and s["outside_ok"] and s["commit_ok"] for s in on.steps)
     t = json.loads(totals.read_text())

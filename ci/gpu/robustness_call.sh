@@ -23,8 +23,8 @@ part() {  # name timeout cmd...
 SOAK=(python3 tools/soak.py --requests 2 --max-total-tokens 6000 --chunked-prefill 256 --start-timeout 150)
 case $PART in
   serve)
-    part soak-ngram-tree 240 "${SOAK[@]}" --out "$OUT/soak-ngram-tree" --spec ngram-tree --streams 128
-    part soak-standalone 220 "${SOAK[@]}" --out "$OUT/soak-standalone" --spec standalone-chain --streams 64 ;;
+    part soak-ngram-tree 240 "${SOAK[@]}" --out "$OUT/soak-ngram-tree" --spec ngram-tree --streams 128 --graph-max-mb 64
+    part soak-standalone 220 "${SOAK[@]}" --out "$OUT/soak-standalone" --spec standalone-chain --streams 64 --graph-max-mb 64 ;;
   faults)  # about 75 s a test on an H200 (three engines each)
     for node in $(python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_faults.py | grep '::'); do
       name=faults-$(echo "${node#*::}" | tr -c 'A-Za-z0-9_.-' '_')
