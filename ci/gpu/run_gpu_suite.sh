@@ -48,10 +48,14 @@ step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider
   -k "${ENGINE_K:-not tp2 and not realistic and not flashinfer}" --junitxml="$OUT/engine.xml"
 step flashinfer "${FLASHINFER_TIMEOUT:-540}" python3 -m pytest -q -s -p no:cacheprovider \
   tests/gpu/test_engine_gpu.py -k flashinfer --junitxml="$OUT/flashinfer.xml"
-step faults "${FAULTS_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider tests/test_faults.py \
+# about 75 s a test on an H200 (three engines each); a cut loses pytest's failure summary (run
+# 31), so device calls use ci/gpu/robustness_call.sh OUT faults (one process per test)
+step faults "${FAULTS_TIMEOUT:-600}" python3 -m pytest -q -s -p no:cacheprovider --tb=short tests/test_faults.py \
   --junitxml="$OUT/faults.xml"
+# --graph-max-mb 64: every verify bucket stages (the soak's small pool would give a 1% budget that
+# stages only the smallest, run 28)
 step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --streams 128 --requests 2 \
-  --max-total-tokens 6000 --chunked-prefill 256 ${SOAK_ARGS:-}
+  --max-total-tokens 6000 --chunked-prefill 256 --graph-max-mb 64 ${SOAK_ARGS:-}
 step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \
   --spec ngram-tree-n8 --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
   --tokens 512 --repeats 5 ${LATENCY_ARGS:-}
@@ -60,7 +64,8 @@ step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$
 # are left out (they check nothing the sanitizer adds and are slow under it), and so are the
 # CUDA-graph capture tests: capture needs the caching allocator's private pool (run 30: a
 # cudaMalloc inside capture, error 900). Shape lists are cut to their ends
-# (tests/gpu/sanitizer_shapes.py) so the three tools fit one call.
+# (tests/gpu/sanitizer_shapes.py; SANITIZER_SHAPES=0 keeps them whole) so the three tools fit
+# one device call.
 SAN_TESTS=${SAN_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
   tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_ngram_mask.py}
 SAN_K=${SAN_K:-"not every_16bit and not fp32_source and not sync and not one_launch and not cuda_graph"}
@@ -73,7 +78,7 @@ if [[ ",$STEPS," == *",sanitizer,"* ]]; then
   mkdir -p "$OUT/sanitizer"
   for tool in memcheck initcheck racecheck; do
     k=$SAN_K; [ "$tool" = racecheck ] && k="($SAN_K) and ($SAN_K_RACECHECK)"
-    STEPS=sanitizer-$tool PYTORCH_NO_CUDA_MEMORY_CACHING=1 NWOR_SCV_SANITIZER_SHAPES=1 step "sanitizer-$tool" \
+    STEPS=sanitizer-$tool PYTORCH_NO_CUDA_MEMORY_CACHING=1 NWOR_SCV_SANITIZER_SHAPES=${SANITIZER_SHAPES:-1} step "sanitizer-$tool" \
       "${SAN_T[$tool]}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       --log-file "$OUT/sanitizer/$tool.log" python3 -m pytest -q -p no:cacheprovider $SAN_TESTS \
       -k "$k" --benchmark-disable --junitxml="$OUT/sanitizer/$tool.xml"
