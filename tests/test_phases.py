@@ -19,7 +19,7 @@ import pytest
 from sglang_nwor_scv.phases import PhaseClock
 from tools.engine_run import REPO
 from tools.measure_latency import (MIN_ROUNDS, _diff, bootstrap_ci, critical_path, paired_difference,
-                                   phase_delta)
+                                   phase_delta, round_fits)
 
 
 def _spin(ns: int) -> None:
@@ -87,6 +87,12 @@ def test_paired_difference_is_called_only_when_its_ci_excludes_zero():
     assert not d["called"] and d["ci95"][0] < 0 < d["ci95"][1]
     lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert 1.0 <= lo <= 3.0 <= hi <= 5.0
+
+
+def test_a_round_starts_only_if_it_ends_by_the_deadline():
+    assert round_fits(100.0, 61.0, 480.0) and round_fits(419.0, 61.0, 480.0)
+    assert not round_fits(420.0, 61.0, 480.0)
+    assert round_fits(10_000.0, 61.0, 0.0)  # no deadline
 
 
 def test_too_few_rounds_call_nothing_and_the_report_says_so():

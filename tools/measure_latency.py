@@ -80,6 +80,12 @@ def paired_difference(mode_runs: dict[int, float], base_runs: dict[int, float]) 
             "called": len(diffs) >= MIN_ROUNDS and (lo > 0 or hi < 0)}
 
 
+def round_fits(elapsed_s: float, longest_round_s: float, deadline_s: float) -> bool:
+    """A repeat round starts only if, as long as the longest so far, it ends by the
+    deadline (0: none), so a call's hard timeout never cuts a round (run 29)."""
+    return not deadline_s or elapsed_s + longest_round_s <= deadline_s
+
+
 # ---------------------------------------------------------------- phase clocks
 def read_phases(path: Path) -> dict:
     try:
@@ -505,7 +511,7 @@ def main() -> int:
                              {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True})
         longest = 0.0
         for r in range(args.repeats):
-            if args.deadline_s and r and time.monotonic() - t_begin + longest > args.deadline_s:
+            if r and not round_fits(time.monotonic() - t_begin, longest, args.deadline_s):
                 print(f"deadline: stopping after {r} repeats", flush=True)
                 break
             t_round = time.monotonic()
