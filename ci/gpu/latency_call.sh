@@ -14,8 +14,8 @@ L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 51
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
 if [ "$MEM" -gt 100000 ]; then
   # run 29 (H200): engines up in 86 s, one round of 12 timed batches about 61 s
-  timeout -k 15 500 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
-    --bs 1,32,128 --repeats 7 --deadline-s 480 > "$OUT/a.log" 2>&1
+  timeout -k 15 480 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
+    --bs 1,32,128 --repeats 7 --deadline-s 460 > "$OUT/a.log" 2>&1
 else
   timeout -k 15 285 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default \
     --bs 1,32 --repeats 6 --deadline-s 270 > "$OUT/a.log" 2>&1
