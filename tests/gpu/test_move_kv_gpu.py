@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.gpu.sanitizer_shapes import ends  # noqa: E402
+from tests.gpu.sanitizer_shapes import ends
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
