@@ -125,6 +125,13 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
                          "spec.accept", "spec.commit", "spec.kv_move"):
                 assert ph[name]["calls"] > 0.5, (mode, name, ph)
             assert ph["loop.iteration"]["us"] >= ph["loop.run_batch"]["us"] > 0
+            own = ("nwor.verify_begin", "nwor.verify_end", "nwor.commit", "scv.verify")
+            if mode == "default":  # the plugin's own sites, nested in upstream's phases
+                for name in own:
+                    assert ph[name]["calls"] > 0.5, (name, ph)
+                assert ph["spec.commit"]["us"] >= ph["nwor.commit"]["us"]
+            else:
+                assert not any(ph.get(name, {}).get("calls") for name in own), ph
     totals = json.loads((tmp_path / "totals_default.json").read_text())
     assert totals["committed"] == totals["accepted"] > 0 and totals["violations"] == 0
     assert "| 2 | `default` |" in (tmp_path / "latency.md").read_text()

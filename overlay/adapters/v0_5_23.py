@@ -68,4 +68,11 @@ PHASES = {
     "spec.accept": _spec + "eagle_utils.eagle_sample",
     "spec.commit": TARGETS["after_accept"],
     "spec.kv_move": TARGETS["accept_move"],
+    # the plugin's own work inside those phases (runs 27/29: with NWOR staging, forward.model
+    # and spec.commit took 100-230 µs more host time than upstream's at bs 1; these say where)
+    "nwor.verify_begin": "sglang_nwor_scv.sites.begin_verify_forward",
+    "nwor.verify_end": "sglang_nwor_scv.sites.end_verify_forward",
+    "nwor.commit": "sglang_nwor_scv.commit.commit_after_accept",
+    "nwor.move": "sglang_nwor_scv.move.accept_move",
+    "scv.verify": "sglang_nwor_scv.scv.try_verify_greedy",
 }
