@@ -33,6 +33,15 @@ SPECS = os.environ.get("NWOR_SCV_GPU_SPECS",
 
 _upstream_runs: dict = {}
 
+
+def _engine_kw(graphs: bool, **extra) -> dict:
+    """The GPU engine arguments, CUDA graphs on or off; with graphs, few buckets are
+    captured (start-up time)."""
+    kw = dict(GPU_KW, disable_cuda_graph=not graphs, **extra)
+    if graphs:
+        kw["cuda_graph_max_bs_decode"] = 8
+    return kw
+
 # Forced acceptance for dummy-weight models whose draft never agrees with the target:
 # accepted tokens are the draft's, bonus tokens the target's (upstream's
 # ``real-draft-token`` mode, EAGLE topk 1 only), so outputs still depend on the K/V the
@@ -71,9 +80,7 @@ def _check_steps(steps, graph: bool):
 @pytest.mark.parametrize("spec", SPECS)
 def test_gpu_identity_and_invariants(spec, graphs, tiny_models):
     prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, disable_cuda_graph=not graphs)
-    if graphs:
-        kw["cuda_graph_max_bs_decode"] = 8  # capture few buckets: start-up time
+    kw = _engine_kw(graphs)
     off = _upstream(spec, tiny_models, prompts, max_new_tokens=48, **kw)
     env = _graph_env(SPEC_CONFIGS[spec]["speculative_algorithm"]) if graphs else {}
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, extra_env=env, **kw)
@@ -93,9 +100,7 @@ def test_graph_replay_equals_eager_step_for_step(tiny_models):
     prompts = [encode(p) for p in PROMPTS]
     runs = {}
     for graphs in (True, False):
-        kw = dict(GPU_KW, disable_cuda_graph=not graphs)
-        if graphs:
-            kw["cuda_graph_max_bs_decode"] = 8
+        kw = _engine_kw(graphs)
         off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
         on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=48, **kw)
         runs[graphs] = (off, on)
@@ -114,7 +119,7 @@ def test_graph_replay_equals_eager_step_for_step(tiny_models):
 def _graph_tree_run(name: str, env: dict, models, totals_path):
     """NGRAM tree, CUDA graphs on, plugin off and on (with ``env``); the plugin's totals."""
     prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    kw = _engine_kw(True)
     off = _upstream("ngram-tree", models, prompts, max_new_tokens=48, **kw)
     on = run_engine("ngram-tree", models, prompts, plugin_on=True, max_new_tokens=48,
                     extra_env={**env, "SGLANG_NWOR_SCV_TOTALS": str(totals_path),
@@ -149,7 +154,7 @@ def test_patched_tree_stages_graph_verify_steps(tiny_models, patched_site):
     (patch 0006) and every replayed step committing its accepted rows (0001 passes
     graph_replayed), checked every step; outputs identical to upstream."""
     prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, disable_cuda_graph=False, cuda_graph_max_bs_decode=8)
+    kw = _engine_kw(True)
     off = _upstream("ngram-tree", tiny_models, prompts, max_new_tokens=48, **kw)
     patched = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, max_new_tokens=48,
                          extra_pythonpath=(str(patched_site),), **kw)
@@ -279,10 +284,8 @@ def test_tp2_identity_and_invariants_per_rank(spec, graphs, tiny_models):
     off, and every rank's every step passes the debug checks. (NGRAM only: the tiny
     draft model's 3 attention heads do not split over 2 ranks.)"""
     prompts = [encode(p) for p in PROMPTS]
-    kw = dict(GPU_KW, tp_size=2, disable_cuda_graph=not graphs)
+    kw = _engine_kw(graphs, tp_size=2)
     env = {}
-    if graphs:
-        kw["cuda_graph_max_bs_decode"] = 8
     off = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=48, **kw)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, max_new_tokens=48, extra_env=env, **kw)
     ranks = sorted({s.get("rank") for s in on.steps})
@@ -308,9 +311,7 @@ def test_no_host_sync_in_plugin_sites(graphs, tiny_models, tmp_path):
     env = {"SGLANG_NWOR_SCV_SYNC_CHECK": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
            "SGLANG_NWOR_SCV_DEBUG": "0", "SGLANG_NWOR_SCV_STEP_LOG": "",
            "SGLANG_NWOR_SCV_LOG_INTERVAL": "4"}
-    kw = dict(GPU_KW, disable_cuda_graph=not graphs)
-    if graphs:
-        kw["cuda_graph_max_bs_decode"] = 8
+    kw = _engine_kw(graphs)
     run_engine("ngram-tree", tiny_models, [encode(p) for p in PROMPTS], plugin_on=True,
                max_new_tokens=48, extra_env=env, **kw)
     t = json.loads(totals.read_text())
