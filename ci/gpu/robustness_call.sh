@@ -10,6 +10,8 @@
 #                                                summary and the failures were lost)
 #   bash ci/gpu/robustness_call.sh OUT sanitizer compute-sanitizer memcheck/initcheck/racecheck
 # Each part has hard timeouts inside the call's 10 minutes; pass/fail per part is printed last.
+# ONLY=REGEX runs only the parts whose name matches (e.g. ONLY=after_verify), so two parts of
+# different kinds fit one call.
 set -uo pipefail
 OUT=${1:?usage: robustness_call.sh OUT serve|faults|sanitizer}; PART=${2:?serve|faults|sanitizer}
 bash ci/gpu/card.sh "$OUT"
@@ -17,6 +19,7 @@ python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 declare -A RC
 part() {  # name timeout cmd...
   local name=$1 t=$2 t0=$SECONDS; shift 2
+  [[ $name =~ ${ONLY:-.} ]] || return 0
   timeout -k 10 "$t" "$@" > "$OUT/$name.log" 2>&1; RC[$name]=$?
   pkill -9 -f "sglang.launch_server|multiprocessing.spawn" 2> /dev/null  # a cut part frees the card
   echo "== $name rc=${RC[$name]} $((SECONDS - t0))s"
