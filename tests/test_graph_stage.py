@@ -184,3 +184,37 @@ def test_replayed_bucket_commits_this_replays_rows(monkeypatch):
         assert torch.equal(pool.k_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 1])
         assert torch.equal(pool.v_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 2])
         assert (pool.k_buffer[i][[102, 103, 113]] == -7.0).all()  # rejected: never written
+
+
+def test_replay_retried_after_an_exception_commits_the_retry_once(monkeypatch):
+    """A verify step whose replay returned and then raised (before acceptance) is run again
+    by the worker (tests/test_faults.py's ``raise_after_verify`` on a GPU): the first
+    replay's stage is dropped, the retry's rows are committed once, from the retry's values,
+    and the verify-forward count runs one ahead of the commits."""
+    runner = _runner()
+    qkv = _qkv(4 * N, seed=5)
+    _capture_bucket(monkeypatch, runner, 4, qkv)
+    runner.decode_cuda_graph_runner = SimpleNamespace(bs=4)
+    fb = SimpleNamespace(forward_mode=_batch(1).forward_mode,
+                         out_cache_loc=torch.tensor([100, 101, 102, 103, 110, 111, 112, 113]))
+    st = state.runner_state(runner)
+    for t in qkv.values():  # the failed attempt's replay
+        t.normal_()
+    sites.begin_verify_forward(runner, fb)
+    sites.end_verify_forward(runner, fb, ok=True, graph_replayed=True)
+    first = st.stage
+    for t in qkv.values():  # the retry's replay refills the same memory
+        t.normal_()
+    sites.begin_verify_forward(runner, fb)
+    sites.end_verify_forward(runner, fb, ok=True, graph_replayed=True)
+    assert st.stage is not first and st.stage.complete
+    lens = torch.tensor([2, 3], dtype=torch.int32)
+    idx = torch.tensor([[0, 2, -1, -1], [4, 5, 7, -1]], dtype=torch.int32)
+    sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)
+    sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)  # one-shot
+    pool = runner.token_to_kv_pool
+    for i, t in qkv.items():
+        assert torch.equal(pool.k_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 1])
+        assert torch.equal(pool.v_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 2])
+        assert (pool.k_buffer[i][[102, 103, 113]] == -7.0).all()
+    assert (st.steps, st.verify_steps) == (1, 2)
