@@ -419,3 +419,21 @@ def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
     assert rows["memcheck"] == ("0", str({"pass": 1, "FAIL": 1, "skip": 0}))
     assert rows["racecheck"][0] == "3"
     assert rows["initcheck"][0].startswith("no summary")
+
+
+def test_suite_summary_reads_one_result_file_per_fault_test(tmp_path):
+    """ci/gpu/summarize.py: the faults step runs each test in its own process (one JUnit
+    file each; the suite writes an error case for a cut one): the summary lists them all."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "summarize", Path(__file__).resolve().parents[1] / "ci" / "gpu" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    case = '<testsuites><testsuite><testcase classname="t" name="{}">{}</testcase></testsuite></testsuites>'
+    (tmp_path / "faults-a.xml").write_text(case.format("a", ""))
+    (tmp_path / "faults-b.xml").write_text(case.format("b", '<error message="process cut (rc 124)"/>'))
+    assert summarize.step_cases(tmp_path, "faults") == [("a", "pass"), ("b", "FAIL")]
+    (tmp_path / "engine.xml").write_text(case.format("e", '<skipped/>'))
+    assert summarize.step_cases(tmp_path, "engine") == [("e", "skip")]
+    assert summarize.step_cases(tmp_path, "kernels") == [("kernels", "not run")]

@@ -8,11 +8,16 @@
 #   engine   the real engine, plugin off vs on (tests/gpu/test_engine_gpu.py; ENGINE_K selects)
 #   flashinfer the FlashInfer backend, plugin off vs on (needs WITH_FLASHINFER=1 and .flashinfer
 #            carried: see ci/gpu/build_flashinfer_carry.sh; two calls on one warm machine)
-#   faults   tests/test_faults.py: NaN logits, exceptions inside / after verify forwards and retries
-#   soak     tools/soak.py: 128 concurrent HTTP streams, drops, retraction, vs upstream
+#   faults   tests/test_faults.py: NaN logits, exceptions inside / after verify forwards and retries,
+#            one pytest process per test (sub-steps faults:<test>)
+#   soak     tools/soak.py, each against a plugin-off server: NGRAM tree 128 streams with defaults,
+#            then every bucket staged, STANDALONE chain 64 streams staged (soak:<name>)
 #   latency  tools/measure_latency.py: interleaved ms/verify step with CIs, host time by phase
 #   sanitizer compute-sanitizer memcheck, racecheck, initcheck on the kernel tests (real and
 #            edge shapes: bs 1, padded buckets, one entry, all padding, empty); logs in $OUT/sanitizer
+# A step with sub-steps (faults:<test>, soak:<name>, sanitizer:<tool>) runs whole when its group is
+# in SUITE_STEPS; ONLY=REGEX keeps the (sub-)steps whose name matches, e.g. one device call for
+#   SUITE_STEPS=faults,soak ONLY='after_verify|soak:ngram-tree$'
 # Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
 # Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
@@ -25,12 +30,16 @@ eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; 
 bash ci/gpu/card.sh "$OUT"
 declare -A RC
 STEPS=${SUITE_STEPS:-kernels,ncu,move,memory,engine,faults,soak,latency,sanitizer}  # run a subset across several device calls
-step() {  # name timeout cmd...
+step() {  # name timeout cmd...   (name: step, or group:sub-step)
   local name=$1 t=$2; shift 2
-  [[ ",$STEPS," == *",$name,"* ]] || return 0
+  [[ ",$STEPS," == *",$name,"* || ",$STEPS," == *",${name%%:*},"* ]] || return 0
+  [[ $name =~ ${ONLY:-.} ]] || return 0
   echo "=== $name"; local t0=$SECONDS
-  timeout "$t" "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 25
+  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 25
   RC[$name]=${PIPESTATUS[0]}; echo "=== $name rc=${RC[$name]} $((SECONDS - t0))s" | tee -a "$OUT/log.txt"
+  # a cut step may leave servers or engine processes holding the card
+  [ "${RC[$name]}" = 124 ] || [ "${RC[$name]}" = 137 ] && pkill -9 -f "sglang.launch_server|multiprocessing.spawn" 2> /dev/null
+  return 0
 }
 python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 KERNEL_TESTS=${KERNEL_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
@@ -48,14 +57,26 @@ step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider
   -k "${ENGINE_K:-not tp2 and not realistic and not flashinfer}" --junitxml="$OUT/engine.xml"
 step flashinfer "${FLASHINFER_TIMEOUT:-540}" python3 -m pytest -q -s -p no:cacheprovider \
   tests/gpu/test_engine_gpu.py -k flashinfer --junitxml="$OUT/flashinfer.xml"
-# about 75 s a test on an H200 (three engines each); a cut loses pytest's failure summary (run
-# 31), so device calls use ci/gpu/robustness_call.sh OUT faults (one process per test)
-step faults "${FAULTS_TIMEOUT:-600}" python3 -m pytest -q -s -p no:cacheprovider --tb=short tests/test_faults.py \
-  --junitxml="$OUT/faults.xml"
-# --graph-max-mb 64: every verify bucket stages (the soak's small pool would give a 1% budget that
-# stages only the smallest, run 28)
-step soak "${SOAK_TIMEOUT:-420}" python3 tools/soak.py --out "$OUT/soak" --streams 128 --requests 2 \
-  --max-total-tokens 6000 --chunked-prefill 256 --graph-max-mb 64 ${SOAK_ARGS:-}
+# About 75 s a test on an H200 (three engines each). One pytest process per test: a cut step
+# loses pytest's failure summary (run 31), a finished test prints its own failure.
+if [[ ",$STEPS," == *",faults,"* ]]; then
+  for node in $(python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_faults.py | grep '::'); do
+    test=${node#*::}; xml=$OUT/faults-$(printf %s "$test" | tr -c 'A-Za-z0-9_.-' '_').xml
+    step "faults:$test" "${FAULTS_TIMEOUT:-120}" python3 -m pytest -q -s -p no:cacheprovider \
+      -p no:warnings --tb=short "$node" --junitxml="$xml"
+    [ -f "$xml" ] || [ -z "${RC[faults:$test]:-}" ] || printf '<testsuites><testsuite><testcase classname="%s" name="%s"><error message="process cut (rc %s)"/></testcase></testsuite></testsuites>\n' \
+      "tests.test_faults" "$test" "${RC[faults:$test]}" > "$xml"
+  done
+fi
+# About 80 s a soak on an H200 (run 28). Defaults first (what users run: in the soak's small pool
+# the 1% budget stages only the smallest buckets), then --graph-max-mb 64: every bucket staged.
+SOAK=(python3 tools/soak.py --requests 2 --max-total-tokens 6000 --chunked-prefill 256 --start-timeout 150 ${SOAK_ARGS:-})
+T=${SOAK_TIMEOUT:-170}
+step soak:ngram-tree "$T" "${SOAK[@]}" --out "$OUT/soak-ngram-tree" --spec ngram-tree --streams 128
+step soak:ngram-tree-staged "$T" "${SOAK[@]}" --out "$OUT/soak-ngram-tree-staged" --spec ngram-tree \
+  --streams 128 --graph-max-mb 64
+step soak:standalone-staged "$T" "${SOAK[@]}" --out "$OUT/soak-standalone-staged" \
+  --spec standalone-chain --streams 64 --graph-max-mb 64
 step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$OUT" --layers 32 \
   --spec ngram-tree-n8 --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 \
   --tokens 512 --repeats 5 ${LATENCY_ARGS:-}
@@ -78,7 +99,7 @@ if [[ ",$STEPS," == *",sanitizer,"* ]]; then
   mkdir -p "$OUT/sanitizer"
   for tool in memcheck initcheck racecheck; do
     k=$SAN_K; [ "$tool" = racecheck ] && k="($SAN_K) and ($SAN_K_RACECHECK)"
-    STEPS=sanitizer-$tool PYTORCH_NO_CUDA_MEMORY_CACHING=1 NWOR_SCV_SANITIZER_SHAPES=${SANITIZER_SHAPES:-1} step "sanitizer-$tool" \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 NWOR_SCV_SANITIZER_SHAPES=${SANITIZER_SHAPES:-1} step "sanitizer:$tool" \
       "${SAN_T[$tool]}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       --log-file "$OUT/sanitizer/$tool.log" python3 -m pytest -q -p no:cacheprovider $SAN_TESTS \
       -k "$k" --benchmark-disable --junitxml="$OUT/sanitizer/$tool.xml"

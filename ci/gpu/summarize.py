@@ -19,6 +19,16 @@ def junit(path: Path) -> list[tuple[str, str]]:
     return [(name, {"fail": "FAIL", "error": "FAIL"}.get(kind, kind)) for name, kind in junit_cases(path)]
 
 
+def step_cases(out: Path, name: str) -> list[tuple[str, str]]:
+    """A step's test cases: its ``<name>.xml``, or one ``<name>-<test>.xml`` per test
+    where the step runs each test in a process of its own (faults; the suite writes an
+    error case for a test whose process was cut before pytest wrote its file)."""
+    parts = sorted(out.glob(f"{name}-*.xml"))
+    if not parts:
+        return junit(out / f"{name}.xml")
+    return [row for part in parts for row in junit(part)]
+
+
 def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
     """(tool, errors, tests) per compute-sanitizer log of the suite's sanitizer step. The
     error count is the sanitizer's own ``ERROR SUMMARY`` (its last, whole-process one);
@@ -36,7 +46,7 @@ def main(out: Path) -> None:
     card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "?"
     print(f"# GPU suite\n\n```\n{card}\n```\n")
     for name in ("kernels", "engine", "faults", "flashinfer"):
-        rows = junit(out / f"{name}.xml")
+        rows = step_cases(out, name)
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("pass", "FAIL", "skip")}
         print(f"## {name}: {counts}\n")
         for n, st in rows:
