@@ -63,13 +63,24 @@ PHASES = {
     "spec.eagle.draft": _spec + "eagle_worker_v2.EagleDraftWorker.draft",
     "spec.eagle.draft_extend": _spec + "eagle_worker_v2.EagleDraftWorker._draft_extend_for_decode",
     "spec.eagle.verify": _spec + "eagle_worker_v2.EAGLEWorkerV2.verify",
+    # upstream's host work before a verify launch, which bs 1 waits for (runs 26-29: the GPU
+    # idles 1.4-2.2 ms a step, about the host time before the launch): the draft lookup (its
+    # first line waits for the previous step's tokens), the verify window's slots, the
+    # forward batch, the graph runner's input copies and attention metadata, the replay
+    "spec.ngram.lookup": _spec + "ngram_worker.NGRAMWorker._prepare_draft_tokens",
+    "spec.cache_locs": "sglang.kernels.ops.speculative.cache_locs.assign_extend_cache_locs_func",
     "forward.worker": "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation",
+    "forward.batch_init": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
     "forward.model": TARGETS["model_forward"],
+    "graph.execute": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
+                      "DecodeCudaGraphRunner.execute"),
+    "graph.load_batch": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
+                         "DecodeCudaGraphRunner.load_batch"),
     "spec.accept": _spec + "eagle_utils.eagle_sample",
     "spec.commit": TARGETS["after_accept"],
     "spec.kv_move": TARGETS["accept_move"],
-    # the plugin's own work inside those phases (runs 27/29: with NWOR staging, forward.model
-    # and spec.commit took 100-230 µs more host time than upstream's at bs 1; these say where)
+    # the plugin's own work inside those phases (runs 27/29: spec.commit took 160-230 µs more
+    # host time than upstream's at bs 1, after the launch; these say where)
     "nwor.verify_begin": "sglang_nwor_scv.sites.begin_verify_forward",
     "nwor.verify_end": "sglang_nwor_scv.sites.end_verify_forward",
     "nwor.commit": "sglang_nwor_scv.commit.commit_after_accept",
