@@ -39,7 +39,7 @@ SPEC_CONFIGS = {
     "standalone-tree": dict(speculative_algorithm="STANDALONE", speculative_num_steps=2,
                             speculative_eagle_topk=2, speculative_num_draft_tokens=4),
     # the Llama-3-8B shape only: a dummy-weight EAGLE3 head (tools/realistic_model.py), which
-    # runs the EAGLE v2 worker and its overlap scheduler (NGRAM on 0.5.17 has neither)
+    # runs the EAGLE v2 worker (draft forwards on the GPU between verify steps)
     "eagle3-chain": dict(speculative_algorithm="EAGLE3", speculative_num_steps=3,
                          speculative_eagle_topk=1, speculative_num_draft_tokens=4),
 }

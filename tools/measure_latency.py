@@ -19,8 +19,8 @@ called only when its CI excludes 0.
         --modes no-spec,plugin-off,plugin-off-native-move,default --bs 1,32,128 --repeats 5
 
 ``--spec eagle3-chain`` runs a dummy-weight EAGLE3 head on the same target: SGLang's
-EAGLE v2 worker with its overlap scheduler, where the post-verify host work can reach
-the critical path (NGRAM on 0.5.17 runs without overlap).
+EAGLE v2 worker, whose draft forwards sit between the verify steps (NGRAM's draft is host
+work); both run SGLang's overlap loop on a GPU.
 
 Writes OUT/latency.json and OUT/latency.md.
 """
@@ -301,16 +301,23 @@ def _median_phases(rows: list[dict]) -> dict:
                 "self_us": _median([r[n]["self_us"] for r in rows if n in r])} for n in names}
 
 
-BEFORE_LAUNCH = ("loop.recv", "loop.input", "loop.schedule", "loop.output", "spec.ngram.draft",
-                 "forward.worker")
+# SGLang's overlap loop (on by default on a GPU, NGRAM included) launches step k inside
+# run_batch, then processes step k-1's output, then receives and schedules, all while the GPU
+# computes step k. Step k+1's draft begins by reading step k's tokens on the host, which waits
+# for the GPU; from then until the next launch the GPU idles: the rest of the draft and the
+# forward's preparation. So the serial host work is the draft (its lookup holds that wait)
+# and forward.worker; the loop's own phases overlap the GPU.
+BEFORE_LAUNCH = ("spec.ngram.draft", "forward.worker")
+OVERLAPPED = ("loop.recv", "loop.input", "loop.schedule", "loop.output")
 DRAFT = ("spec.ngram.draft", "spec.eagle.draft")  # EAGLE's draft forwards run on the GPU too
 AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus")
 
 
 def critical_path(point: dict) -> dict:
-    """µs per busy iteration: the GPU's idle time beside the host phases before and after the
-    verify launch (run 23: NGRAM's draft, before the launch, was most of the idle time).
-    NGRAM's step: with EAGLE/STANDALONE ``forward.worker`` also holds the draft forwards."""
+    """µs per busy iteration: the GPU's idle time beside the host phases before the verify
+    launch (serial with the GPU), the loop's phases (overlapped with it) and the phases after
+    the launch (run 23: NGRAM's draft, before the launch, was most of the idle time). NGRAM's
+    step: with EAGLE/STANDALONE ``forward.worker`` also holds the draft forwards."""
     ph = point["phases_us"]
 
     def us(names):
@@ -321,7 +328,7 @@ def critical_path(point: dict) -> dict:
     return {"iteration": iteration,
             "gpu_idle": None if active is None else iteration * (1 - active / 100),
             "before_launch": us(BEFORE_LAUNCH), "draft": us(DRAFT),
-            "after_launch": us(AFTER_LAUNCH)}
+            "overlapped": us(OVERLAPPED), "after_launch": us(AFTER_LAUNCH)}
 
 
 def markdown(meta: dict, points: list[dict]) -> str:
@@ -353,21 +360,24 @@ def markdown(meta: dict, points: list[dict]) -> str:
             _us(ph, "loop.iteration"), _us(ph, "loop.run_batch"), _us(ph, "loop.output"),
             _us(ph, "loop.schedule")]) + " |")
     lines += ["", "## Where the step goes: GPU idle against the host phases around the verify launch", "",
-              "GPU idle = iteration x (1 - GPM graphics activity). *Before launch*: "
-              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; without an overlap "
-              "scheduler the GPU waits for these). *After launch*: "
-              + " + ".join(f"`{n}`" for n in AFTER_LAUNCH)
-              + " (launched while the verify forward runs). Plain decoding (`no-spec`) runs the "
-              "overlap scheduler: its `loop.output` holds the wait for the GPU, so its "
-              "before-launch figure is not host work.", "",
+              "GPU idle = iteration x (1 - GPM graphics activity). SGLang's overlap loop "
+              "launches a step, then processes the previous step's output and schedules while "
+              "the GPU computes; the next draft starts by reading this step's tokens, which waits "
+              "for the GPU. *Before launch* (serial with the GPU): "
+              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; the draft's "
+              "lookup holds that wait). *Overlapped*: " + " + ".join(f"`{n}`" for n in OVERLAPPED)
+              + ". *After launch*: " + " + ".join(f"`{n}`" for n in AFTER_LAUNCH)
+              + " (launched while the verify forward runs). For plain decoding (`no-spec`) "
+              "`loop.output` holds the wait for the GPU.", "",
               "| bs | mode | iteration µs | GPU idle µs | before launch µs | of which draft µs "
-              "| after launch µs |",
-              "|---|---|---|---|---|---|---|"]
+              "| overlapped µs | after launch µs |",
+              "|---|---|---|---|---|---|---|---|"]
     for p in points:
         c = critical_path(p)
         lines.append(f"| {p['bs']} | `{p['mode']}` | {c['iteration']:.0f} | "
                      + ("–" if c["gpu_idle"] is None else f"{c['gpu_idle']:.0f}")
-                     + f" | {c['before_launch']:.0f} | {c['draft']:.0f} | {c['after_launch']:.0f} |")
+                     + f" | {c['before_launch']:.0f} | {c['draft']:.0f} | {c['overlapped']:.0f}"
+                     f" | {c['after_launch']:.0f} |")
     lines += ["", "## Host time per busy scheduler iteration, by phase (µs, median over repeats)", ""]
     modes = list(dict.fromkeys(p["mode"] for p in points))
     for bs in sorted({p["bs"] for p in points}):
