@@ -123,10 +123,12 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
             assert run["steps"] >= 3 and ph["iterations"] >= run["steps"], run
             for name in ("loop.run_batch", "spec.ngram.worker", "spec.ngram.draft", "forward.model",
                          "spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.lookup",
-                         "spec.cache_locs", "forward.batch_init"):
+                         "spec.cache_locs", "forward.batch_init", "spec.ngram.corpus_get",
+                         "spec.ngram.corpus_sync"):
                 assert ph[name]["calls"] > 0.5, (mode, name, ph)
             # nested, so a parent's self time excludes them (graph.* run on a GPU only)
             assert ph["spec.ngram.draft"]["us"] >= ph["spec.ngram.lookup"]["us"] > 0
+            assert ph["spec.ngram.lookup"]["us"] >= ph["spec.ngram.corpus_get"]["us"] > 0
             assert ph["forward.worker"]["us"] >= ph["forward.batch_init"]["us"] > 0
             assert ph["loop.iteration"]["us"] >= ph["loop.run_batch"]["us"] > 0
             own = ("nwor.verify_begin", "nwor.verify_end", "nwor.commit", "scv.verify")

@@ -68,6 +68,10 @@ PHASES = {
     # first line waits for the previous step's tokens), the verify window's slots, the
     # forward batch, the graph runner's input copies and attention metadata, the replay
     "spec.ngram.lookup": _spec + "ngram_worker.NGRAMWorker._prepare_draft_tokens",
+    # inside the lookup: the wait for the corpus's background insert thread, and the trie
+    # lookup itself (the rest of the lookup is the wait for the GPU and the per-request loop)
+    "spec.ngram.corpus_sync": _spec + "cpp_ngram.ngram_corpus.NgramCorpus.synchronize",
+    "spec.ngram.corpus_get": _spec + "cpp_ngram.ngram_corpus.NgramCorpus.batch_get",
     "spec.cache_locs": "sglang.kernels.ops.speculative.cache_locs.assign_extend_cache_locs_func",
     "forward.worker": "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation",
     "forward.batch_init": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
