@@ -131,11 +131,13 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
             assert ph["spec.ngram.lookup"]["us"] >= ph["spec.ngram.corpus_get"]["us"] > 0
             assert ph["forward.worker"]["us"] >= ph["forward.batch_init"]["us"] > 0
             assert ph["loop.iteration"]["us"] >= ph["loop.run_batch"]["us"] > 0
-            own = ("nwor.verify_begin", "nwor.verify_end", "nwor.commit", "scv.verify")
+            own = ("nwor.verify_begin", "nwor.verify_end", "nwor.commit", "scv.verify",
+                   "kernel.verify_accept", "kernel.commit")
             if mode == "default":  # the plugin's own sites, nested in upstream's phases
                 for name in own:
                     assert ph[name]["calls"] > 0.5, (name, ph)
-                assert ph["spec.commit"]["us"] >= ph["nwor.commit"]["us"]
+                assert ph["spec.commit"]["us"] >= ph["nwor.commit"]["us"] >= ph["kernel.commit"]["us"]
+                assert ph["scv.verify"]["us"] >= ph["kernel.verify_accept"]["us"]
             else:
                 assert not any(ph.get(name, {}).get("calls") for name in own), ph
     totals = json.loads((tmp_path / "totals_default.json").read_text())

@@ -90,4 +90,11 @@ PHASES = {
     "nwor.commit": "sglang_nwor_scv.commit.commit_after_accept",
     "nwor.move": "sglang_nwor_scv.move.accept_move",
     "scv.verify": "sglang_nwor_scv.scv.try_verify_greedy",
+    # each of the plugin's kernel launches alone (Triton's dispatch; on the CPU the
+    # interpreter runs the kernel inside it), so a site's time splits into launch and glue
+    "kernel.verify_accept": "sglang_nwor_scv.kernels.verify_accept.launch_verify_accept_greedy",
+    "kernel.commit": "sglang_nwor_scv.kernels.commit_kv.KVCommitPlan.launch",
+    "kernel.commit_list": "sglang_nwor_scv.kernels.commit_list.commit_list_from_acceptance",
+    "kernel.move": "sglang_nwor_scv.kernels.move_kv.KVMovePlan.launch",
+    "kernel.ngram_mask": "sglang_nwor_scv.kernels.ngram_mask.full_tree_mask",
 }
