@@ -184,3 +184,21 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
     assert point["n"] == 5 and point["vs_plugin-off"]["called"] and point["vs_plugin-off"]["ci95"][1] < 0
     with pytest.raises(SystemExit, match="card"):
         merge_runs([report("H100", [10]), report("H200", [10])])
+
+
+def test_staging_budget_alone_is_what_one_engine_gets_and_stages_bs_128():
+    """Resident engines share the card and get small pools, so the latency tool gives plugin
+    modes the staging budget an engine gets with the card to itself. On H100 run 20's card
+    (one engine, 8 layers) that reproduces the budget the plugin really took, and at 32
+    layers it holds the 8B shape's bs-128 NGRAM N 8 bucket (12 KiB of fused qkv per row and
+    layer), which the resident runs never staged."""
+    from tools.measure_latency import staging_budget_alone
+
+    run20 = REPO / "reports" / "gpu" / "2026-11-29-h100-run20-ncu-memory"
+    total_mib = int((run20 / "card.txt").read_text().split(",")[2].split()[0])
+    taken = json.loads((run20 / "graph_memory.json").read_text())["rows"][0]["budget_bytes"] / 2**20
+    assert abs(staging_budget_alone(total_mib << 20, 8) - taken) / taken < 0.02
+    h100_32 = staging_budget_alone(total_mib << 20, 32)
+    assert 128 * 8 * 32 * 12 * 1024 / 2**20 < h100_32 < taken
+    assert staging_budget_alone(400 << 30, 32) == 1024  # the plugin's 1 GiB cap
+    assert staging_budget_alone(16 << 30, 32) == 0  # no pool left beside the weights

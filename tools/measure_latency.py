@@ -164,6 +164,8 @@ class Resident:
         env.pop("SGLANG_NWOR_SCV_LOG_INTERVAL", None)  # flush at the default interval, as served
         if args.log_interval:
             env["SGLANG_NWOR_SCV_LOG_INTERVAL"] = str(args.log_interval)
+        if plugin_on and args.staging_mb is not None:
+            env["SGLANG_NWOR_GRAPH_MAX_MB"] = str(args.staging_mb)
         env["SGLANG_NWOR_SCV_PHASES"] = str(self.phases)
         if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
             env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
@@ -336,7 +338,9 @@ def markdown(meta: dict, points: list[dict]) -> str:
              f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats asked per point "
              f"(completed: column n), modes "
              f"interleaved (rotating order), {meta['tokens']} output tokens per request, "
-             f"greedy; acceptance: {meta['acceptance']}. Versions: {meta['versions']}.",
+             f"greedy; acceptance: {meta['acceptance']}. Versions: {meta['versions']}."
+             + (f" NWOR graph-staging budget of plugin modes: {meta['staging_budget']}."
+                if meta.get("staging_budget") else ""),
              f"Command: `{meta['command']}`", "",
              *[f"- **{m} did not start**: `{e.splitlines()[-1][:200] if e else ''}`"
                for m, e in meta.get("errors", {}).items()],
@@ -415,6 +419,22 @@ def pool_tokens(args) -> int:
 
 
 ENGINE_OVERHEAD_BYTES = 3 << 30  # CUDA context, graphs, logits and activations, measured loosely
+# SGLang 0.5.17's default memory split for one engine alone on a card: H100 run 20 gave a
+# 59.9 GiB KV pool beside 5.2 GiB of weights (8 layers) on 79.6 GiB, 0.82 of the card for both.
+ALONE_STATIC_FRACTION = 0.82
+
+
+def staging_budget_alone(total_bytes: int, layers: int) -> int:
+    """The NWOR graph-staging budget (MiB) one engine gets with the plugin's defaults when it
+    has the card to itself: 1% of its KV pool, at most 1 GiB (overlay/graph_stage.py).
+    Resident engines share the card and get small pools, so their automatic budget would
+    stage fewer buckets than a user's engine does (the H100 runs 26+27 staged only bs 1-8);
+    plugin modes are given this budget instead, the one users get."""
+    from sglang_nwor_scv.graph_stage import _AUTO_CAP, _AUTO_POOL_FRACTION
+    from tools.realistic_model import weight_bytes
+
+    pool = max(0, int(total_bytes * ALONE_STATIC_FRACTION) - weight_bytes(layers))
+    return min(int(pool * _AUTO_POOL_FRACTION), _AUTO_CAP) >> 20
 
 
 def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
@@ -458,6 +478,10 @@ def main() -> int:
     ap.add_argument("--deadline-s", type=float, default=0,
                     help="finish by this many seconds after start: no repeat starts that the "
                          "longest repeat so far says would end later")
+    ap.add_argument("--graph-max-mb", default="alone",
+                    help="plugin modes' staging budget: 'alone' (what one engine gets with the "
+                         "card to itself; the 8B shape on a GPU), 'pool' (1%% of each resident "
+                         "engine's own small pool) or MiB")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR",
                     help="no measurement: one report (in --out) from these runs' latency.json")
     args = ap.parse_args()
@@ -493,6 +517,15 @@ def main() -> int:
             "flush_before_batch": args.flush,
             "versions": f"sglang {sglang.__version__}, torch {torch.__version__}",
             "command": "python tools/measure_latency.py " + " ".join(sys.argv[1:])}
+    args.staging_mb = None  # None: the plugin's automatic budget of each engine's own pool
+    if args.graph_max_mb == "alone":
+        if has_cuda() and args.model != "tiny":
+            args.staging_mb = staging_budget_alone(torch.cuda.mem_get_info()[1], args.layers)
+            meta["staging_budget"] = (f"{args.staging_mb} MiB: what one engine gets with the card "
+                                      "to itself (1% of its KV pool, at most 1 GiB)")
+    elif args.graph_max_mb != "pool":
+        args.staging_mb = int(args.graph_max_mb)
+        meta["staging_budget"] = f"{args.staging_mb} MiB (--graph-max-mb)"
     if has_cuda() and args.model != "tiny":
         why = resident_fit(len(args.modes), args.layers, pool_tokens(args),
                            torch.cuda.mem_get_info()[0],
@@ -546,7 +579,8 @@ def main() -> int:
     return 0
 
 
-SAME_SETUP = ("card", "model", "spec", "tokens", "acceptance", "versions", "flush_before_batch")
+SAME_SETUP = ("card", "model", "spec", "tokens", "acceptance", "versions", "flush_before_batch",
+              "staging_budget")
 
 
 def merge_runs(reports: list[dict]) -> tuple[dict, list[dict]]:

@@ -5,9 +5,11 @@
 # Each group has a hard timeout inside the call's 10 minutes; results are written after every
 # repeat, so a cut loses only the repeat in flight.
 #   bash ci/gpu/latency_call.sh OUT [extra measure_latency args]
-#   LATENCY_PART=nospec bash ci/gpu/latency_call.sh OUT   (an H100's second call: plain decoding
-#       beside plugin-off and default at bs 1, 32, 128; three resident engines, paired rounds)
-# Calls of one setup combine with measure_latency.py --merge (rounds add up per mode and bs).
+#   LATENCY_PART=more bash ci/gpu/latency_call.sh OUT   (an H100's second call: plain decoding
+#       beside plugin-off and default at bs 1 and 32, then plugin-off beside default at bs 128)
+# An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
+# resident_fit), so its baselines take two calls; calls of one setup combine with
+# measure_latency.py --merge (rounds add up per mode and bs; pairs stay within a call).
 set -uo pipefail
 OUT=${1:?usage: latency_call.sh OUT [args]}; shift
 bash ci/gpu/card.sh "$OUT"
@@ -19,16 +21,17 @@ if [ "$MEM" -gt 100000 ]; then
   # run 29 (H200): engines up in 86 s, one round of 12 timed batches about 61 s
   timeout -k 15 480 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
     --bs 1,32,128 --repeats 7 --deadline-s 460 > "$OUT/a.log" 2>&1
-elif [ "${LATENCY_PART:-main}" = nospec ]; then
-  timeout -k 15 540 "${L[@]}" --out "$OUT/c" --modes no-spec,plugin-off,default \
-    --bs 1,32,128 --repeats 7 --deadline-s 520 > "$OUT/c.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = more ]; then
+  timeout -k 15 285 "${L[@]}" --out "$OUT/c" --modes no-spec,plugin-off,default \
+    --bs 1,32 --repeats 6 --deadline-s 270 > "$OUT/c.log" 2>&1
+  pkill -9 -f multiprocessing.spawn 2> /dev/null
+  timeout -k 15 225 "${L[@]}" --out "$OUT/d" --modes plugin-off,default \
+    --bs 128 --repeats 6 --deadline-s 210 > "$OUT/d.log" 2>&1
 else
-  # three 8B engines at most on an H100 (runs 26+27); bs 128 gets all three upstream-side modes
-  # (run 27 had no plugin-off there), about 3 rounds a call: merge two calls for 5+
   timeout -k 15 285 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default \
     --bs 1,32 --repeats 6 --deadline-s 270 > "$OUT/a.log" 2>&1
   pkill -9 -f multiprocessing.spawn 2> /dev/null  # a cut group's engines free the card
-  timeout -k 15 225 "${L[@]}" --out "$OUT/b" --modes plugin-off,plugin-off-native-move,default \
+  timeout -k 15 225 "${L[@]}" --out "$OUT/b" --modes plugin-off-native-move,default \
     --bs 128 --repeats 6 --deadline-s 210 > "$OUT/b.log" 2>&1
 fi
 pkill -9 -f multiprocessing.spawn 2> /dev/null  # nothing of a cut group may outlive the call
