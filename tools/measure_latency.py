@@ -305,10 +305,11 @@ def _median_phases(rows: list[dict]) -> dict:
 
 # SGLang's overlap loop (on by default on a GPU, NGRAM included) launches step k inside
 # run_batch, then processes step k-1's output, then receives and schedules, all while the GPU
-# computes step k. Step k+1's draft begins by reading step k's tokens on the host, which waits
-# for the GPU; from then until the next launch the GPU idles: the rest of the draft and the
-# forward's preparation. So the serial host work is the draft (its lookup holds that wait)
-# and forward.worker; the loop's own phases overlap the GPU.
+# computes step k. run_batch(k+1) starts by waiting for step k's accepted lengths
+# (loop.wait_prev: FutureMap.resolve_seq_lens_cpu, a D2H NGRAM needs for its mask); from
+# then until the next launch the GPU idles: the rest of run_batch before the worker (no
+# clock), the draft and the forward's preparation. So the serial host work is the draft and
+# forward.worker; the loop's own phases overlap the GPU.
 BEFORE_LAUNCH = ("spec.ngram.draft", "forward.worker")
 OVERLAPPED = ("loop.recv", "loop.input", "loop.schedule", "loop.output")
 DRAFT = ("spec.ngram.draft", "spec.eagle.draft")  # EAGLE's draft forwards run on the GPU too
@@ -366,10 +367,11 @@ def markdown(meta: dict, points: list[dict]) -> str:
     lines += ["", "## Where the step goes: GPU idle against the host phases around the verify launch", "",
               "GPU idle = iteration x (1 - GPM graphics activity). SGLang's overlap loop "
               "launches a step, then processes the previous step's output and schedules while "
-              "the GPU computes; the next draft starts by reading this step's tokens, which waits "
-              "for the GPU. *Before launch* (serial with the GPU): "
-              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; the draft's "
-              "lookup holds that wait). *Overlapped*: " + " + ".join(f"`{n}`" for n in OVERLAPPED)
+              "the GPU computes; the next `run_batch` starts by waiting for this step's accepted "
+              "lengths (`loop.wait_prev`). *Before launch* (serial with the GPU after that wait): "
+              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; `run_batch`'s "
+              "own code before the worker has no clock). *Overlapped*: "
+              + " + ".join(f"`{n}`" for n in OVERLAPPED)
               + ". *After launch*: " + " + ".join(f"`{n}`" for n in AFTER_LAUNCH)
               + " (launched while the verify forward runs). For plain decoding (`no-spec`) "
               "`loop.output` holds the wait for the GPU.", "",

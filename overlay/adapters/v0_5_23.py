@@ -64,9 +64,12 @@ PHASES = {
     "spec.eagle.draft_extend": _spec + "eagle_worker_v2.EagleDraftWorker._draft_extend_for_decode",
     "spec.eagle.verify": _spec + "eagle_worker_v2.EAGLEWorkerV2.verify",
     # upstream's host work before a verify launch, which bs 1 waits for (runs 26-29: the GPU
-    # idles 1.4-2.2 ms a step, about the host time before the launch): the draft lookup (its
-    # first line waits for the previous step's tokens), the verify window's slots, the
-    # forward batch, the graph runner's input copies and attention metadata, the replay
+    # idles 1.4-2.2 ms a step). Under the overlap loop run_batch starts by waiting for the
+    # previous step's accepted lengths (the D2H of seq_lens, which NGRAM's mask needs on the
+    # host); from then on the GPU idles through the draft lookup, the verify window's
+    # slots, the forward batch, the graph runner's input copies and attention metadata, and
+    # the replay launch
+    "loop.wait_prev": "sglang.srt.managers.overlap_utils.FutureMap.resolve_seq_lens_cpu",
     "spec.ngram.lookup": _spec + "ngram_worker.NGRAMWorker._prepare_draft_tokens",
     # inside the lookup: the wait for the corpus's background insert thread, and the trie
     # lookup itself (the rest of the lookup is the wait for the GPU and the per-request loop)
