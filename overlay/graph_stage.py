@@ -110,6 +110,11 @@ def budget_bytes(kv_pool_bytes: int) -> int:
     mb = modes().graph_max_mb
     if mb is not None:
         return mb * _MIB
+    return auto_budget_bytes(kv_pool_bytes)
+
+
+def auto_budget_bytes(kv_pool_bytes: int) -> int:
+    """``SGLANG_NWOR_GRAPH_MAX_MB=auto``: 1% of the KV pool, at most 1 GiB."""
     return min(int(kv_pool_bytes * _AUTO_POOL_FRACTION), _AUTO_CAP)
 
 

@@ -432,11 +432,10 @@ def staging_budget_alone(total_bytes: int, layers: int) -> int:
     Resident engines share the card and get small pools, so their automatic budget would
     stage fewer buckets than a user's engine does (the H100 runs 26+27 staged only bs 1-8);
     plugin modes are given this budget instead, the one users get."""
-    from sglang_nwor_scv.graph_stage import _AUTO_CAP, _AUTO_POOL_FRACTION
+    from sglang_nwor_scv.graph_stage import auto_budget_bytes
     from tools.realistic_model import weight_bytes
 
-    pool = max(0, int(total_bytes * ALONE_STATIC_FRACTION) - weight_bytes(layers))
-    return min(int(pool * _AUTO_POOL_FRACTION), _AUTO_CAP) >> 20
+    return auto_budget_bytes(max(0, int(total_bytes * ALONE_STATIC_FRACTION) - weight_bytes(layers))) >> 20
 
 
 def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,

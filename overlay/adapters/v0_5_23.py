@@ -72,7 +72,8 @@ PHASES = {
     "loop.wait_prev": "sglang.srt.managers.overlap_utils.FutureMap.resolve_seq_lens_cpu",
     "spec.ngram.lookup": _spec + "ngram_worker.NGRAMWorker._prepare_draft_tokens",
     # inside the lookup: the wait for the corpus's background insert thread, and the trie
-    # lookup itself (the rest of the lookup is the wait for the GPU and the per-request loop)
+    # lookup itself (the rest is the per-request loop and reading the previous step's
+    # tokens, which have landed by then: loop.wait_prev waited for them)
     "spec.ngram.corpus_sync": _spec + "cpp_ngram.ngram_corpus.NgramCorpus.synchronize",
     "spec.ngram.corpus_get": _spec + "cpp_ngram.ngram_corpus.NgramCorpus.batch_get",
     "spec.cache_locs": "sglang.kernels.ops.speculative.cache_locs.assign_extend_cache_locs_func",
