@@ -202,3 +202,19 @@ def test_staging_budget_alone_is_what_one_engine_gets_and_stages_bs_128():
     assert 128 * 8 * 32 * 12 * 1024 / 2**20 < h100_32 < taken
     assert staging_budget_alone(400 << 30, 32) == 1024  # the plugin's 1 GiB cap
     assert staging_budget_alone(16 << 30, 32) == 0  # no pool left beside the weights
+
+
+def test_where_the_step_goes_names_only_the_phases_the_run_has():
+    """An EAGLE run has no spec.ngram.* phases: the report's note names what it summed."""
+    from tools.measure_latency import markdown
+
+    phases = {"loop.iteration": 1000, "spec.eagle.draft": 100, "forward.worker": 200,
+              "spec.accept": 50, "loop.output": 10}
+    point = {"bs": 1, "mode": "default", "n": 5, "ms_per_step": 1.0, "ms_per_step_ci95": [0.9, 1.1],
+             "ci_width_pct": 20.0, "ms_per_token": 0.5, "tokens_per_s": 2.0, "gpu_active": 80.0,
+             "phases_us": {k: {"us": v, "self_us": v} for k, v in phases.items()}}
+    meta = {"card": "card", "model": "model", "spec": "eagle3-chain", "repeats": 5, "tokens": 8,
+            "acceptance": "a", "versions": "v", "command": "c", "modes": ["default"], "bs": [1]}
+    md = markdown(meta, [point])
+    note = md[md.index("*Before launch*"):md.index("| bs | mode | iteration")]
+    assert "`forward.worker`" in note and "spec.ngram" not in note and "`spec.accept`" in note

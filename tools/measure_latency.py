@@ -364,15 +364,19 @@ def markdown(meta: dict, points: list[dict]) -> str:
             _diff(p.get("vs_no-spec")),
             _us(ph, "loop.iteration"), _us(ph, "loop.run_batch"), _us(ph, "loop.output"),
             _us(ph, "loop.schedule")]) + " |")
+    seen = {n for p in points for n in p["phases_us"]}
+
+    def named(names):  # the phases this run has (an EAGLE run has no spec.ngram.*)
+        return " + ".join(f"`{n}`" for n in names if n in seen) or "none"
+
     lines += ["", "## Where the step goes: GPU idle against the host phases around the verify launch", "",
               "GPU idle = iteration x (1 - GPM graphics activity). SGLang's overlap loop "
               "launches a step, then processes the previous step's output and schedules while "
               "the GPU computes; the next `run_batch` starts by waiting for this step's accepted "
               "lengths (`loop.wait_prev`). *Before launch* (serial with the GPU after that wait): "
-              + " + ".join(f"`{n}`" for n in BEFORE_LAUNCH) + " (inclusive µs; `run_batch`'s "
+              + named(BEFORE_LAUNCH) + " (inclusive µs; `run_batch`'s "
               "own code before the worker has no clock). *Overlapped*: "
-              + " + ".join(f"`{n}`" for n in OVERLAPPED)
-              + ". *After launch*: " + " + ".join(f"`{n}`" for n in AFTER_LAUNCH)
+              + named(OVERLAPPED) + ". *After launch*: " + named(AFTER_LAUNCH)
               + " (launched while the verify forward runs). For plain decoding (`no-spec`) "
               "`loop.output` holds the wait for the GPU.", "",
               "| bs | mode | iteration µs | GPU idle µs | before launch µs | of which draft µs "
