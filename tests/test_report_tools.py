@@ -397,15 +397,21 @@ def test_range_replay_rows_say_window_time_and_skip_kernel_columns(tmp_path):
     assert "40.0% fewer bytes than `nwor_off_scv_off`\n" in md  # no "(KV-write kernels: – fewer)"
 
 
-def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
-    """ci/gpu/summarize.py: one row per compute-sanitizer tool, its own ERROR SUMMARY
-    count (the last one in the log), and a cut run (no summary) said as such."""
+def _suite_summary():
+    """ci/gpu/summarize.py, a script outside the packages, loaded as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "summarize", Path(__file__).resolve().parents[1] / "ci" / "gpu" / "summarize.py")
     summarize = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summarize)
+    return summarize
+
+
+def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
+    """ci/gpu/summarize.py: one row per compute-sanitizer tool, its own ERROR SUMMARY
+    count (the last one in the log), and a cut run (no summary) said as such."""
+    summarize = _suite_summary()
     san = tmp_path / "sanitizer"
     san.mkdir()
     (san / "memcheck.log").write_text("========= COMPUTE-SANITIZER\n========= ERROR SUMMARY: 0 errors\n")
@@ -424,12 +430,7 @@ def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
 def test_suite_summary_reads_one_result_file_per_fault_test(tmp_path):
     """ci/gpu/summarize.py: the faults step runs each test in its own process (one JUnit
     file each; the suite writes an error case for a cut one): the summary lists them all."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "summarize", Path(__file__).resolve().parents[1] / "ci" / "gpu" / "summarize.py")
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
+    summarize = _suite_summary()
     case = '<testsuites><testsuite><testcase classname="t" name="{}">{}</testcase></testsuite></testsuites>'
     (tmp_path / "faults-a.xml").write_text(case.format("a", ""))
     (tmp_path / "faults-b.xml").write_text(case.format("b", '<error message="process cut (rc 124)"/>'))
