@@ -17,7 +17,7 @@ import torch
 
 from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check
 from sglang_nwor_scv.config import modes
-from sglang_nwor_scv.state import RunnerState, existing_state
+from sglang_nwor_scv.state import RunnerState, all_states, existing_state
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -95,21 +95,39 @@ def _step_record(st: RunnerState, stage, counter, accept_lens, src, dst, scv_lis
     flush_metrics(st, log=False)
 
 
-def flush_metrics(st: RunnerState, log: bool) -> None:
+def flush_when_idle(fully_idle=None) -> None:
+    """The scheduler has nothing queued or running: count everything not counted yet,
+    so /metrics and the totals file are exact between bursts instead of up to one log
+    interval behind. It waits for the device, once per burst: the GPU has no work left
+    then, and no step is running. ``fully_idle``: the scheduler's own check, asked only
+    when there is something to flush (the usual idle iteration costs one comparison)."""
+    due = [st for st in all_states()
+           if st.verify_steps != st.flushed_at or st.counter_reads.in_flight]
+    if not due or (fully_idle is not None and not fully_idle()):
+        return
+    for st in due:
+        flush_metrics(st, log=False, read_now=True)
+
+
+def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     """Move device-side totals into the metrics: start a non-blocking read of the
-    counter and count every earlier read that has landed (debug / step-log modes read
-    at once)."""
+    counter and count every earlier read that has landed (debug / step-log modes, and
+    ``read_now``, wait for the device and read at once)."""
     counts = scv.take_counts()
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(), host_syncs=sync_check.take())
+    st.flushed_at = st.verify_steps
     per_step = modes().per_step
+    if read_now and st.pending is not None and st.pending.is_cuda:
+        with sync_check.allowed():  # the commit ran on the forward stream: wait for all
+            torch.cuda.synchronize(st.pending.device)
     _take_landed(st)  # first: a landed read frees its buffer for this flush's read
     if st.pending is not None and st.pending_staged:
-        if per_step:  # these modes sync every step anyway: read now
+        if per_step or read_now:  # per-step modes sync every step anyway: read now
             with sync_check.allowed():
                 committed, accepted = (int(x) for x in st.pending.tolist())
             st.pending.zero_()
-            _count(st, st.pending_staged, committed, accepted, check=False)  # checked per step
+            _count(st, st.pending_staged, committed, accepted, check=not per_step)  # per step: checked
             st.pending_staged = 0
         elif st.counter_reads.start(st.pending, st.pending_staged):  # no wait: read later
             st.pending_staged = 0

@@ -12,8 +12,9 @@ nothing lags.
 Two pinned buffers, allocated once per runner (``prepare``, at its first commit), so a
 flush never allocates pinned memory. If both are still in flight, the flush starts no
 read: the device counter keeps accumulating and is read later, so nothing is lost.
-Reads still in flight when a process ends are never counted (``in_flight`` says how
-many there are; the totals file records it).
+When the scheduler goes idle the plugin waits once and counts everything
+(``commit.flush_when_idle``); reads still in flight when a process is killed mid-burst
+are never counted (``in_flight`` says how many there are; the totals file records it).
 
 ``start`` must run on the stream that updated the counter (the commit's): the copy and
 the event are queued on the counter device's current stream.

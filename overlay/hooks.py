@@ -82,6 +82,13 @@ def around_verify_greedy(original, *args, **kwargs):
         return done if done is not None else original(*args, **kwargs)
 
 
+def after_scheduler_idle(original, self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    # only when fully idle (not a stall with requests parked): nothing left on the GPU
+    sites.flush_when_idle(fully_idle=self.is_fully_idle)
+    return out
+
+
 HOOKS = {
     "model_forward": around_model_forward,
     "stage_kv": around_stage_kv,
@@ -90,6 +97,7 @@ HOOKS = {
     "fused_kv_gate": around_fused_kv_gate,
     "verify_greedy": around_verify_greedy,
     "graph_capture": around_graph_capture,
+    "scheduler_idle": after_scheduler_idle,
     "ngram_mask": ngram_mask.prepare_with_full_mask_kernel,
     "ngram_draft_tokens": v0_5_17_ngram.prepare_draft_tokens,  # 0.5.17 only (its adapter)
     "ngram_corpus_update": v0_5_17_ngram.update_ngram_corpus,

@@ -22,6 +22,7 @@ import weakref
 from sglang_nwor_scv import debug_checks, graph_stage, sync_check
 from sglang_nwor_scv.commit import commit_after_accept  # noqa: F401  (call site "after_accept")
 from sglang_nwor_scv.commit import flush_metrics
+from sglang_nwor_scv.commit import flush_when_idle  # noqa: F401  (call site "scheduler_idle")
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.move import accept_move  # noqa: F401  (call site "accept_move")
 from sglang_nwor_scv.ngram_mask import full_mask as ngram_full_mask  # noqa: F401  (site "ngram_mask")

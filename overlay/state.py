@@ -48,6 +48,7 @@ class RunnerState:
         self.metrics = Metrics()
         self.steps = 0  # committed verify steps
         self.verify_steps = 0  # every verify forward of this runner (flush cadence)
+        self.flushed_at = 0  # verify_steps at the last flush (the idle flush skips if equal)
         self.pending = None  # device int64 [committed, accepted] since the last flush
         self.pending_staged = 0  # staged rows not yet handed to a counter read
         self.counter_reads = CounterReads()  # reads of ``pending`` in flight
@@ -84,6 +85,11 @@ def runner_state(model_runner) -> RunnerState:
     if st is None:
         st = _by_runner[model_runner] = RunnerState(model_runner)
     return st
+
+
+def all_states() -> list[RunnerState]:
+    """Every runner state of this process (the idle flush visits them)."""
+    return list(_by_runner.values())
 
 
 def existing_state(model_runner) -> RunnerState | None:

@@ -98,6 +98,36 @@ def test_refused_configuration_runs_upstream_with_the_one_launch_move(move, tiny
     assert t["moves_fused" if move == "on" else "moves_upstream"] == moves, t
 
 
+def test_counters_exact_once_the_scheduler_idles(tiny_models, tmp_path):
+    """The device counters are read once per log interval, so a burst shorter than the
+    interval stayed uncounted (for good, if the process ended). When the scheduler goes
+    idle the plugin counts them (commit.flush_when_idle): with an interval longer than
+    the run and no per-step mode, the totals file appears while the engine idles and
+    holds every committed step, committed == accepted."""
+    import json
+    import time
+
+    totals = tmp_path / "totals.json"
+
+    def wait_for_totals(timeout_s=60.0):
+        end = time.monotonic() + timeout_s
+        while not totals.exists() and time.monotonic() < end:
+            time.sleep(0.2)
+
+    prompts = [encode(p) for p in PROMPTS[:2]]
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, before_shutdown=wait_for_totals,
+                    extra_env={"SGLANG_NWOR_SCV_DEBUG": "0", "SGLANG_NWOR_SCV_STEP_LOG": "",
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "100000",
+                               "SGLANG_NWOR_SCV_TOTALS": str(totals)})
+    assert not on.steps  # no per-step mode: the counters took the asynchronous path
+    assert totals.exists(), "nothing counted while the scheduler idled"
+    t = json.loads(totals.read_text())
+    verify = max(m.get("spec_verify_ct", 0) for m in on.meta)  # the longest request's steps
+    assert t["steps"] >= verify > 0, (t, verify)  # batched steps; meta_info skips a trailing one
+    assert t["committed"] == t["accepted"] >= t["steps"], t
+    assert t["staged"] > t["committed"] and t["violations"] == 0, t
+
+
 def test_bad_switch_value_serves_upstream(tiny_models, capfd):
     """A bad value: the plugin registers nothing, the engine serves upstream's outputs,
     and the log names the variable (issue: SGLANG_NWOR_MODE=bogus used to kill the

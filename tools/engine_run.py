@@ -127,11 +127,13 @@ class EngineRun:
 def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: bool,
                max_new_tokens: int = 24, extra_env: dict | None = None,
                sampling: dict | None = None, extra_pythonpath: tuple[str, ...] = (),
-               extra_plugins: tuple[str, ...] = (), **overrides) -> EngineRun:
+               extra_plugins: tuple[str, ...] = (), before_shutdown=None,
+               **overrides) -> EngineRun:
     """Start an engine, generate greedily for ``prompts`` (byte ids), shut it down.
 
     ``extra_pythonpath``: directories put first on the engine processes' import path
-    (e.g. a patched copy of the sglang package, see tests/test_engine_patched.py)."""
+    (e.g. a patched copy of the sglang package, see tests/test_engine_patched.py).
+    ``before_shutdown``: called after generating, while the engine still runs (idle)."""
     import sglang as sgl
 
     stats = Path(tempfile.mkstemp(prefix="nwor-scv-steps-", suffix=".jsonl")[1])
@@ -145,6 +147,8 @@ def run_engine(spec: str, models: Path, prompts: list[list[int]], *, plugin_on: 
             params = {"temperature": 0.0, "max_new_tokens": max_new_tokens}
             params.update(sampling or {})
             out = engine.generate(input_ids=prompts, sampling_params=params)
+            if before_shutdown is not None:
+                before_shutdown()
         finally:
             engine.shutdown()
     finally:

@@ -37,6 +37,11 @@ TARGETS = {
     "graph_capture": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
                       "DecodeCudaGraphRunner.capture_one_shape"),
     "verify_greedy": "sglang.kernels.ops.speculative.spec_tree.verify_tree_greedy_func",
+    # What: the scheduler's idle housekeeping (runs when no batch is queued or running).
+    # Why: NWOR's counters are read from the device without waiting, once per log
+    # interval, so between bursts /metrics and the totals lag by up to one interval; at
+    # idle the GPU has nothing left, so one wait makes them exact (commit.flush_when_idle).
+    "scheduler_idle": "sglang.srt.managers.scheduler.Scheduler.on_idle",
     # What: NGRAM's verify-input preparation (draft lookup, tree mask, positions, indices).
     # Why: with SGLANG_SCV_NGRAM_MASK=1 its per-request full-mask loop (5 launches and a
     # copy per request, every step) is skipped and one kernel builds the same mask.
