@@ -166,6 +166,26 @@ def test_resident_engines_refused_when_they_cannot_fit_together():
     assert resident_fit(3, 32, 32 * (32 + 512 + 64), 79 * gib) is None  # bs <= 32: three fit
 
 
+def test_small_shape_is_llama_3_2_1b(tmp_path):
+    """Issue 14's host-bound shape (16 layers, hidden 2048): the config SGLang loads has
+    Llama-3.2-1B's head dim and tied embeddings, and the memory model counts its 1.24 B
+    parameters, so resident_fit lets more of its engines share a card than 8B ones."""
+    from transformers import AutoConfig
+
+    from tools.measure_latency import resident_fit, staging_budget_alone
+    from tools.realistic_model import kv_row_bytes, weight_bytes, write_model
+
+    cfg = AutoConfig.from_pretrained(write_model(tmp_path / "m", "llama3.2-1b"))
+    shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads)
+    assert shape == (16, 2048, 64, 8)
+    assert cfg.tie_word_embeddings
+    assert abs(weight_bytes(16, shape="llama3.2-1b") / 2 - 1.2358e9) < 1e6  # Llama-3.2-1B's count
+    assert kv_row_bytes(16, shape="llama3.2-1b") == 2 * 16 * 8 * 64 * 2
+    gib, pool = 1 << 30, 128 * (32 + 512 + 64)
+    assert resident_fit(4, 16, pool, 79 * gib, shape="llama3.2-1b") is None  # 8B: room for 2
+    assert staging_budget_alone(80 * gib, 16, "llama3.2-1b") > staging_budget_alone(80 * gib, 32)
+
+
 def test_eagle3_latency_spec_gets_a_dummy_head_reading_existing_layers(tmp_path):
     """``--spec eagle3-chain`` on the Llama-3-8B shape: the engine arguments name a dummy
     EAGLE3 head whose auxiliary layers exist in the target, and plain decoding drops it.

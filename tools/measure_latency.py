@@ -430,7 +430,7 @@ ENGINE_OVERHEAD_BYTES = 3 << 30  # CUDA context, graphs, logits and activations,
 ALONE_STATIC_FRACTION = 0.82
 
 
-def staging_budget_alone(total_bytes: int, layers: int) -> int:
+def staging_budget_alone(total_bytes: int, layers: int, shape: str = "llama3-8b") -> int:
     """The NWOR graph-staging budget (MiB) one engine gets with the plugin's defaults when it
     has the card to itself: 1% of its KV pool, at most 1 GiB (overlay/graph_stage.py).
     Resident engines share the card and get small pools, so their automatic budget would
@@ -439,17 +439,19 @@ def staging_budget_alone(total_bytes: int, layers: int) -> int:
     from sglang_nwor_scv.graph_stage import auto_budget_bytes
     from tools.realistic_model import weight_bytes
 
-    return auto_budget_bytes(max(0, int(total_bytes * ALONE_STATIC_FRACTION) - weight_bytes(layers))) >> 20
+    weights = weight_bytes(layers, shape=shape)
+    return auto_budget_bytes(max(0, int(total_bytes * ALONE_STATIC_FRACTION) - weights)) >> 20
 
 
 def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
-                 draft_layers: int = 0) -> str | None:
-    """None when ``n_engines`` Llama-3-8B-shaped engines fit in ``free_bytes`` together;
+                 draft_layers: int = 0, shape: str = "llama3-8b") -> str | None:
+    """None when ``n_engines`` engines of ``shape`` fit in ``free_bytes`` together;
     else why not. Engines stay resident together so repeats interleave; on a card too
     small for all modes, run the modes in groups that fit (each group its own command)."""
     from tools.realistic_model import kv_row_bytes, weight_bytes
 
-    each = weight_bytes(layers) + pool_size * kv_row_bytes(layers) + ENGINE_OVERHEAD_BYTES
+    each = (weight_bytes(layers, shape=shape) + pool_size * kv_row_bytes(layers, shape=shape)
+            + ENGINE_OVERHEAD_BYTES)
     if draft_layers:  # an EAGLE3 head: its own embedding and LM head, its layer, its KV pool
         each += weight_bytes(draft_layers) + pool_size * kv_row_bytes(draft_layers)
     if n_engines * each <= free_bytes:
@@ -464,8 +466,9 @@ def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
-    ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
-    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--model", choices=["tiny", "llama3-8b", "llama3.2-1b"], default="llama3-8b",
+                    help="llama3.2-1b: the host-bound small shape (16 layers, hidden 2048)")
+    ap.add_argument("--layers", type=int, default=None, help="depth (default: the shape's own)")
     ap.add_argument("--spec", default="ngram-tree-n8")
     ap.add_argument("--modes", default="no-spec,plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,32,128")
@@ -509,10 +512,14 @@ def main() -> int:
         model = "tiny trained Llama pair (tools/make_tiny_models.py)"
         vocab, acceptance = 260, "the tiny pair's own"
     else:
-        from tools.realistic_model import write_llama3_8b
+        from tools.realistic_model import SHAPES, write_model
 
-        model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
-        model = f"Llama-3-8B shape, {args.layers} layers, dummy weights"
+        if needs_eagle3_head(args.spec) and args.model != "llama3-8b":
+            raise SystemExit(f"--spec {args.spec} needs an EAGLE3 head, written for llama3-8b only")
+        args.layers = args.layers or SHAPES[args.model]["num_hidden_layers"]
+        model_dir = write_model(Path(tempfile.mkdtemp(prefix=args.model + "-")), args.model, args.layers)
+        name = {"llama3-8b": "Llama-3-8B", "llama3.2-1b": "Llama-3.2-1B"}[args.model]
+        model = f"{name} shape, {args.layers} layers, dummy weights"
         vocab, acceptance = 128256, f"SGLANG_SIMULATE_ACC_LEN={args.acc_len}"
     import sglang
     import torch
@@ -525,7 +532,8 @@ def main() -> int:
     args.staging_mb = None  # None: the plugin's automatic budget of each engine's own pool
     if args.graph_max_mb == "alone":
         if has_cuda() and args.model != "tiny":
-            args.staging_mb = staging_budget_alone(torch.cuda.mem_get_info()[1], args.layers)
+            args.staging_mb = staging_budget_alone(torch.cuda.mem_get_info()[1], args.layers,
+                                                   args.model)
             meta["staging_budget"] = (f"{args.staging_mb} MiB: what one engine gets with the card "
                                       "to itself (1% of its KV pool, at most 1 GiB)")
     elif args.graph_max_mb != "pool":
@@ -534,7 +542,8 @@ def main() -> int:
     if has_cuda() and args.model != "tiny":
         why = resident_fit(len(args.modes), args.layers, pool_tokens(args),
                            torch.cuda.mem_get_info()[0],
-                           draft_layers=1 if needs_eagle3_head(args.spec) else 0)
+                           draft_layers=1 if needs_eagle3_head(args.spec) else 0,
+                           shape=args.model)
         if why:
             raise SystemExit(why)
     engines, runs = {}, []

@@ -1,9 +1,12 @@
-"""A Llama-3-8B-shaped model directory for dummy-weight runs (``load_format="dummy"``).
+"""Dummy-weight model directories at real shapes (``load_format="dummy"``).
 
-SGLang fills the weights itself, so the directory holds only ``config.json``: no
-download, no disk. ``layers`` below 32 keeps every layer's shape (hidden 4096, 8 KV
-heads of 128, MLP 14336) and only cuts depth, for tools whose cost grows per kernel
-(Nsight Compute): per-layer bytes are unchanged, per-step totals scale with depth.
+SGLang fills the weights itself, so a directory holds only ``config.json``: no
+download, no disk. Two shapes (``SHAPES``): the Llama-3-8B shape, where a verify step
+is mostly GPU work, and the Llama-3.2-1B shape (16 layers, hidden 2048, head dim 64),
+the host-bound "1B class" of issue 14, where the GPU idles most of a step. ``layers``
+below a shape's own keeps every layer's shape and only cuts depth, for tools whose cost
+grows per kernel (Nsight Compute): per-layer bytes are unchanged, per-step totals scale
+with depth.
 """
 
 from __future__ import annotations
@@ -19,12 +22,26 @@ LLAMA3_8B = {
     "bos_token_id": 128000, "eos_token_id": 128001, "tie_word_embeddings": False,
 }
 
+# Llama-3.2-1B (its rope scaling left out: dummy weights, contexts of a few thousand tokens)
+LLAMA32_1B = dict(LLAMA3_8B, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                  tie_word_embeddings=True)
+SHAPES = {"llama3-8b": LLAMA3_8B, "llama3.2-1b": LLAMA32_1B}
+
+
+def write_model(directory: Path, shape: str = "llama3-8b", layers: int | None = None) -> Path:
+    """Write ``shape``'s config (``layers`` deep, default its own) into ``directory``
+    (created) and return it."""
+    cfg = SHAPES[shape]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(
+        json.dumps(dict(cfg, num_hidden_layers=layers or cfg["num_hidden_layers"])))
+    return directory
+
 
 def write_llama3_8b(directory: Path, layers: int = 32) -> Path:
-    """Write the config into ``directory`` (created) and return it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(dict(LLAMA3_8B, num_hidden_layers=layers)))
-    return directory
+    """The Llama-3-8B shape, ``layers`` deep."""
+    return write_model(directory, "llama3-8b", layers)
 
 
 def write_eagle3_draft(directory: Path, aux_layers: tuple[int, ...] = (0, 1, 2)) -> Path:
@@ -40,18 +57,23 @@ def write_eagle3_draft(directory: Path, aux_layers: tuple[int, ...] = (0, 1, 2))
     return directory
 
 
-def kv_row_bytes(layers: int = 32, dtype_bytes: int = 2) -> int:
+def _head_dim(c: dict) -> int:
+    return c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+
+
+def kv_row_bytes(layers: int = 32, dtype_bytes: int = 2, shape: str = "llama3-8b") -> int:
     """Bytes of one token's K and V over all layers (the unit NWOR saves)."""
-    cfg = LLAMA3_8B
-    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
-    return 2 * layers * cfg["num_key_value_heads"] * head_dim * dtype_bytes
+    c = SHAPES[shape]
+    return 2 * layers * c["num_key_value_heads"] * _head_dim(c) * dtype_bytes
 
 
-def weight_bytes(layers: int = 32, dtype_bytes: int = 2) -> int:
-    """Bytes of the model's weights (embedding, layers, final norm, LM head): what every
-    resident engine holds before its KV pool."""
-    c = LLAMA3_8B
+def weight_bytes(layers: int = 32, dtype_bytes: int = 2, shape: str = "llama3-8b") -> int:
+    """Bytes of the model's weights (embedding, layers, final norm, LM head unless tied to
+    the embedding): what every resident engine holds before its KV pool."""
+    c = SHAPES[shape]
     h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    kv_width = c["num_key_value_heads"] * (h // c["num_attention_heads"])
-    per_layer = h * (h + 2 * kv_width) + h * h + 3 * h * inter + 2 * h
-    return dtype_bytes * (2 * vocab * h + layers * per_layer + h)
+    q_width = c["num_attention_heads"] * _head_dim(c)
+    kv_width = c["num_key_value_heads"] * _head_dim(c)
+    per_layer = h * (q_width + 2 * kv_width) + q_width * h + 3 * h * inter + 2 * h
+    embeddings = (1 if c["tie_word_embeddings"] else 2) * vocab * h
+    return dtype_bytes * (embeddings + layers * per_layer + h)

@@ -7,6 +7,8 @@
 #   bash ci/gpu/latency_call.sh OUT [extra measure_latency args]
 #   LATENCY_PART=more bash ci/gpu/latency_call.sh OUT   (an H100's second call: plain decoding
 #       beside plugin-off and default at bs 1 and 32, then plugin-off beside default at bs 128)
+#   LATENCY_PART=small bash ci/gpu/latency_call.sh OUT  (the Llama-3.2-1B shape, all four modes:
+#       the host-bound case, where issue 14 asks for -20%)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
 # resident_fit), so its baselines take two calls; calls of one setup combine with
 # measure_latency.py --merge (rounds add up per mode and bs; pairs stay within a call).
@@ -17,7 +19,12 @@ bash ci/gpu/card.sh "$OUT"
   -k "not engine" > "$OUT/mask_tests.txt" 2>&1; tail -n 3 "$OUT/mask_tests.txt" 2> /dev/null
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "$MEM" -gt 100000 ]; then
+if [ "${LATENCY_PART:-main}" = small ]; then
+  # issue 14's host-bound shape (Llama-3.2-1B, 16 layers): four 1B engines fit either card
+  timeout -k 15 480 "${L[@]}" --model llama3.2-1b --layers 16 --out "$OUT/s" \
+    --modes plugin-off,plugin-off-native-move,default,no-spec --bs 1,32,128 --repeats 7 \
+    --deadline-s 460 > "$OUT/s.log" 2>&1
+elif [ "$MEM" -gt 100000 ]; then
   # run 29 (H200): engines up in 86 s, one round of 12 timed batches about 61 s
   timeout -k 15 480 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default,no-spec \
     --bs 1,32,128 --repeats 7 --deadline-s 460 > "$OUT/a.log" 2>&1
