@@ -101,12 +101,23 @@ def flush_when_idle(fully_idle=None) -> None:
     interval behind. It waits for the device, once per burst: the GPU has no work left
     then, and no step is running. ``fully_idle``: the scheduler's own check, asked only
     when there is something to flush (the usual idle iteration costs one comparison)."""
+    if _idle_flush["failed"]:
+        return
     due = [st for st in all_states()
            if st.verify_steps != st.flushed_at or st.counter_reads.in_flight]
     if not due or (fully_idle is not None and not fully_idle()):
         return
     for st in due:
-        flush_metrics(st, log=False, read_now=True)
+        try:
+            flush_metrics(st, log=False, read_now=True)
+        except Exception as e:  # housekeeping never takes the scheduler down: off for good
+            _idle_flush["failed"] = True
+            logger.warning("NWOR: idle counter flush failed (%s); from now on counters are "
+                           "counted at the log interval only", e)
+            return
+
+
+_idle_flush = {"failed": False}
 
 
 def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:

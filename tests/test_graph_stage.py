@@ -218,3 +218,39 @@ def test_replay_retried_after_an_exception_commits_the_retry_once(monkeypatch):
         assert torch.equal(pool.v_buffer[i][[100, 101, 110, 111, 112]], t[[0, 2, 4, 5, 7], 2])
         assert (pool.k_buffer[i][[102, 103, 113]] == -7.0).all()
     assert (st.steps, st.verify_steps) == (1, 2)
+
+
+def test_idle_flush_counts_what_the_interval_left_once_and_never_raises(monkeypatch, caplog):
+    """The scheduler's idle site: nothing happens while requests are parked (not fully
+    idle), one flush counts the pending counter when fully idle, the next idle iteration
+    does not even ask, and a flush that fails logs one line and stays off: housekeeping
+    never takes the scheduler down."""
+    from sglang_nwor_scv import commit
+
+    monkeypatch.setitem(commit._idle_flush, "failed", False)
+    runner = _runner()  # the state lives as long as its runner
+    st = state.runner_state(runner)
+    st.verify_steps, st.steps, st.pending_staged = 3, 3, 12
+    st.pending = torch.tensor([7, 7], dtype=torch.int64)
+    asked = []
+
+    def idle(answer):
+        return lambda: asked.append(answer) or answer
+
+    sites.flush_when_idle(fully_idle=idle(False))  # requests parked: not now
+    assert st.metrics.totals["committed"] == 0 and asked == [False]
+    sites.flush_when_idle(fully_idle=idle(True))
+    t = st.metrics.totals
+    assert (t["staged"], t["committed"], t["accepted"], t["violations"]) == (12, 7, 7, 0)
+    assert st.pending.tolist() == [0, 0] and st.pending_staged == 0
+    sites.flush_when_idle(fully_idle=idle(True))  # nothing new: the scheduler is not asked
+    assert asked == [False, True]
+
+    st.verify_steps += 1
+    monkeypatch.setattr(commit, "flush_metrics", lambda *a, **k: 1 / 0)
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        sites.flush_when_idle(fully_idle=idle(True))
+        st.verify_steps += 1
+        sites.flush_when_idle(fully_idle=idle(True))
+    assert [r.getMessage().count("idle counter flush failed") for r in caplog.records] == [1]
+    assert asked == [False, True, True]  # off for good after the failure
