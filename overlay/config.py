@@ -143,7 +143,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_NWOR_SCV_STEP_LOG", "step_log", "path", None,
            "one JSON line per verify step (staged, committed, accepted, checks)", _text),
     Switch("SGLANG_NWOR_SCV_LOG_INTERVAL", "log_interval", "integer >= 1", "100",
-           "verify steps between counter flushes and log lines", _int(1)),
+           "verify steps between counter flushes and log lines (plus one flush when the "
+           "scheduler goes idle)", _int(1)),
     Switch("SGLANG_NWOR_SCV_TOTALS", "totals_path", "path", None,
            "cumulative counters as JSON, rewritten at each flush", _text),
     Switch("SGLANG_NWOR_SCV_PROFILE", "profile", "boolean", "0",
