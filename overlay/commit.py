@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import torch
 
@@ -147,10 +148,18 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
         logger.info(st.metrics.summary())
     totals = modes().totals_path
     if totals:  # measurement runs: cumulative counters of this process
-        with open(totals, "w") as f:
-            json.dump(dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
-                           counter_reads_in_flight=st.counter_reads.in_flight,
-                           graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes), f)
+        _write_atomically(totals, dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
+                                       counter_reads_in_flight=st.counter_reads.in_flight,
+                                       graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes))
+
+
+def _write_atomically(path: str, record: dict) -> None:
+    """Replace ``path`` whole: a reader never sees it half written (the idle flush writes
+    it right when a measuring client, its requests done, reads it)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
 
 
 def _take_landed(st: RunnerState) -> None:
