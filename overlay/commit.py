@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import torch
 
 from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check
 from sglang_nwor_scv.config import modes
+from sglang_nwor_scv.json_file import write_json_atomically
 from sglang_nwor_scv.state import RunnerState, all_states, existing_state
 
 logger = logging.getLogger("sglang_nwor_scv")
@@ -147,19 +147,11 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     if log and (st.steps or st.metrics.totals["moves_fused"] or st.metrics.totals["moves_upstream"]):
         logger.info(st.metrics.summary())
     totals = modes().totals_path
-    if totals:  # measurement runs: cumulative counters of this process
-        _write_atomically(totals, dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
+    if totals:  # measurement runs; the idle flush writes while a client may be reading
+        write_json_atomically(totals, dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
                                        counter_reads_in_flight=st.counter_reads.in_flight,
                                        graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes))
 
-
-def _write_atomically(path: str, record: dict) -> None:
-    """Replace ``path`` whole: a reader never sees it half written (the idle flush writes
-    it right when a measuring client, its requests done, reads it)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
 
 
 def _take_landed(st: RunnerState) -> None:

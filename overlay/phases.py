@@ -26,10 +26,11 @@ plugin's own host work; ``outermost`` in the file says whether that held.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from time import perf_counter_ns
+
+from sglang_nwor_scv.json_file import write_json_atomically
 
 logger = logging.getLogger("sglang_nwor_scv")
 
@@ -97,10 +98,7 @@ class PhaseClock:
         data = {"flushes": self.flushes, "pid": os.getpid(), "outermost": self.outermost,
                 "phases": {k: {"calls": c, "ns": i, "self_ns": s}
                            for k, (c, i, s) in sorted(self.totals.items())}}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, data)
 
 
 _clock: PhaseClock | None = None

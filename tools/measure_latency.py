@@ -520,7 +520,7 @@ def main() -> int:
         model_dir = write_model(Path(tempfile.mkdtemp(prefix=args.model + "-")), args.model, args.layers)
         name = {"llama3-8b": "Llama-3-8B", "llama3.2-1b": "Llama-3.2-1B"}[args.model]
         model = f"{name} shape, {args.layers} layers, dummy weights"
-        vocab, acceptance = 128256, f"SGLANG_SIMULATE_ACC_LEN={args.acc_len}"
+        vocab, acceptance = SHAPES[args.model]["vocab_size"], f"SGLANG_SIMULATE_ACC_LEN={args.acc_len}"
     import sglang
     import torch
 
