@@ -273,6 +273,25 @@ def _commit_tile(
 
 
 @triton.jit
+def _entry(src_rows_ptr, dst_slots_ptr, dst_window_ptr, accept_lens_ptr, e, inside,
+           accept_depth, window_width, DST_FROM_WINDOW: tl.constexpr, FROM_ACCEPT: tl.constexpr):
+    """(source row, destination slot) of entry ``e``, -1 where it is padding."""
+    if FROM_ACCEPT:
+        b = e // accept_depth
+        i = e % accept_depth
+        n_acc = tl.load(accept_lens_ptr + b, mask=inside, other=0).to(tl.int64)
+        valid = inside & (i < n_acc)
+        src = tl.load(src_rows_ptr + e, mask=valid, other=-1).to(tl.int64)
+        slot = tl.load(dst_window_ptr + b * window_width + i, mask=valid, other=-1).to(tl.int64)
+    else:
+        src = tl.load(src_rows_ptr + e, mask=inside, other=-1)
+        slot = tl.load(dst_slots_ptr + e, mask=inside, other=-1)
+        if DST_FROM_WINDOW:
+            slot = tl.load(dst_window_ptr + slot, mask=inside & (slot >= 0), other=-1).to(tl.int64)
+    return src, slot
+
+
+@triton.jit
 def commit_accepted_kv_kernel(
     src_rows_ptr,  # int64 [M]
     dst_slots_ptr,  # int64 [M]: slots, or window positions when DST_FROM_WINDOW
@@ -285,6 +304,8 @@ def commit_accepted_kv_kernel(
     num_entries,  # M
     num_layers,  # L
     num_accept,  # entries of accept_lens
+    accept_depth,  # D: columns of accept_index (FROM_ACCEPT only)
+    window_width,  # N: window slots per request (FROM_ACCEPT only)
     H: tl.constexpr,
     DK: tl.constexpr,
     DV: tl.constexpr,
@@ -301,8 +322,14 @@ def commit_accepted_kv_kernel(
     COUNT: tl.constexpr,
     COUNT_ACCEPTED: tl.constexpr,
     DST_FROM_WINDOW: tl.constexpr,
+    FROM_ACCEPT: tl.constexpr,
     COUNT_BLOCK: tl.constexpr,
 ):
+    """Grid ``(M, L)``. ``FROM_ACCEPT``: the entries are upstream's acceptance itself,
+    no list launch before this one: ``src_rows_ptr`` is ``accept_index`` ``[bs, D]``
+    (contiguous), entry ``b*D+i`` is valid for ``i < accept_lens[b]`` and goes to window
+    position ``b*N+i`` (the accepted path at the front of the request's window, where
+    upstream's move puts it)."""
     entry = tl.program_id(0)
     layer = tl.program_id(1)
 
@@ -314,8 +341,8 @@ def commit_accepted_kv_kernel(
             for start in range(0, num_entries, COUNT_BLOCK):
                 offs = start + tl.arange(0, COUNT_BLOCK)
                 m = offs < num_entries
-                s = tl.load(src_rows_ptr + offs, mask=m, other=-1)
-                d = tl.load(dst_slots_ptr + offs, mask=m, other=-1)
+                s, d = _entry(src_rows_ptr, dst_slots_ptr, dst_window_ptr, accept_lens_ptr, offs, m,
+                              accept_depth, window_width, DST_FROM_WINDOW, FROM_ACCEPT)
                 total += ((s >= 0) & (d >= 0)).to(tl.int64)
             tl.store(committed_ptr, tl.load(committed_ptr) + tl.sum(total, axis=0))
             if COUNT_ACCEPTED:
@@ -325,10 +352,8 @@ def commit_accepted_kv_kernel(
                     acc += tl.load(accept_lens_ptr + offs, mask=offs < num_accept, other=0).to(tl.int64)
                 tl.store(committed_ptr + 1, tl.load(committed_ptr + 1) + tl.sum(acc, axis=0))
 
-    src_row = tl.load(src_rows_ptr + entry)
-    dst_slot = tl.load(dst_slots_ptr + entry)
-    if DST_FROM_WINDOW:
-        dst_slot = tl.load(dst_window_ptr + dst_slot, mask=dst_slot >= 0, other=-1).to(tl.int64)
+    src_row, dst_slot = _entry(src_rows_ptr, dst_slots_ptr, dst_window_ptr, accept_lens_ptr, entry,
+                               entry < num_entries, accept_depth, window_width, DST_FROM_WINDOW, FROM_ACCEPT)
     if (src_row >= 0) & (dst_slot >= 0):
         k_src = tl.load(ptr_table + layer)
         v_src = tl.load(ptr_table + num_layers + layer)
@@ -788,13 +813,52 @@ class KVCommitPlan:
             raise ValueError("accept_lens needs a [2] committed counter and must be 1-D")
         if dst_window is not None and (dst_window.dim() != 1 or dst_window.device != self.device):
             raise ValueError(f"dst_window must be a 1-D tensor on {self.device}")
-        if self._sources is None:
-            raise ValueError("the plan's sources were released: rebind it to this step's K/V first")
+        self._check_sources()
         num_entries = src_rows.shape[0]
         if num_entries == 0:
             return
-        src_rows = src_rows.contiguous()
-        dst_slots = dst_slots.contiguous()
+        self._launch(src_rows.contiguous(), dst_slots.contiguous(),
+                     dst_window.contiguous() if dst_window is not None else src_rows, committed,
+                     accept_lens, num_entries, 0, 0, DST_FROM_WINDOW=dst_window is not None,
+                     FROM_ACCEPT=False)
+
+    def launch_from_acceptance(
+        self,
+        accept_index: torch.Tensor,
+        accept_lens: torch.Tensor,
+        window: torch.Tensor,
+        window_width: int,
+        committed: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Commit upstream's acceptance directly, one launch and no commit list: request
+        ``b``'s accepted rows ``accept_index[b, :accept_lens[b]]`` go to the first
+        ``accept_lens[b]`` slots of its ``window_width``-slot window (``window`` ``[bs * N]``),
+        as ``commit_list_from_acceptance_ref`` + ``launch`` would. ``committed`` (int64
+        ``[2]``) gets the committed rows and ``accept_lens.sum()``."""
+        if accept_index.dim() != 2 or accept_index.device != self.device:
+            raise ValueError(f"accept_index must be a [bs, D] tensor on {self.device}")
+        bs, depth = accept_index.shape
+        if accept_lens.shape != (bs,) or accept_lens.device != self.device:
+            raise ValueError(f"accept_lens must be a [{bs}] tensor on {self.device}")
+        if depth > window_width or window.dim() != 1 or window.numel() != bs * window_width:
+            raise ValueError(f"accept_index {tuple(accept_index.shape)} does not fit a window of "
+                             f"{window_width} x {bs} = {window.numel()} slots")
+        if committed is not None and (committed.numel() != 2 or committed.dtype != torch.int64
+                                      or committed.device != self.device):
+            raise ValueError(f"committed must be an int64 [2] tensor on {self.device}")
+        self._check_sources()
+        if bs == 0 or depth == 0:
+            return
+        self._launch(accept_index.contiguous(), accept_index, window.contiguous(), committed,
+                     accept_lens.contiguous(), bs * depth, depth, window_width,
+                     DST_FROM_WINDOW=False, FROM_ACCEPT=True)
+
+    def _check_sources(self) -> None:
+        if self._sources is None:
+            raise ValueError("the plan's sources were released: rebind it to this step's K/V first")
+
+    def _launch(self, src_rows, dst_slots, dst_window, committed, accept_lens, num_entries,
+                accept_depth, window_width, **variant) -> None:
         if self._read_scales is not None:  # scale tensors change in place (weight reloads)
             if self._read_scales.host_copy and torch.cuda.is_current_stream_capturing():
                 raise ValueError("a plan with host (CPU) scale tensors cannot be captured in a "
@@ -803,7 +867,7 @@ class KVCommitPlan:
         commit_accepted_kv_kernel[(num_entries, self.num_layers)](
             src_rows,
             dst_slots,
-            dst_window.contiguous() if dst_window is not None else src_rows,
+            dst_window,
             self.ptr_table,
             self.stride_table,
             self.scale_table,
@@ -812,9 +876,11 @@ class KVCommitPlan:
             num_entries,
             self.num_layers,
             accept_lens.shape[0] if accept_lens is not None else 0,
+            accept_depth,
+            window_width,
             COUNT=committed is not None,
-            COUNT_ACCEPTED=accept_lens is not None,
-            DST_FROM_WINDOW=dst_window is not None,
+            COUNT_ACCEPTED=accept_lens is not None and committed is not None,
+            **variant,
             **self._meta,
         )
 

@@ -37,22 +37,18 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
         stage.flush_all()
         st.metrics.add(flushed=1)
         return
-    made = scv.take_commit_list(accept_index)
-    if made is not None:  # SCV's kernel made the list: rows and window positions
-        src, dst = made
-        window = stage.out_cache_loc
-    else:
-        from sglang_nwor_scv.kernels.commit_list import commit_list_from_acceptance
-
-        src, dst = commit_list_from_acceptance(accept_index, accept_lens, stage.out_cache_loc,
-                                               draft_token_num)
-        window = None
+    made = scv.take_commit_list(accept_index)  # SCV's kernel made it: rows, window positions
     m = modes()
     if st.pending is None:
-        st.pending = torch.zeros(2, dtype=torch.int64, device=src.device)
+        st.pending = torch.zeros(2, dtype=torch.int64, device=accept_lens.device)
         st.counter_reads.prepare(st.pending)
-    counter = torch.zeros(2, dtype=torch.int64, device=src.device) if m.per_step else st.pending
-    stage.commit(src, dst, committed=counter, dst_window=window, accept_lens=accept_lens)
+    counter = torch.zeros(2, dtype=torch.int64, device=accept_lens.device) if m.per_step else st.pending
+    if made is not None:
+        src, dst = made
+        stage.commit(src, dst, committed=counter, dst_window=stage.out_cache_loc,
+                     accept_lens=accept_lens)
+    else:  # the commit reads upstream's acceptance itself
+        stage.commit_from_acceptance(accept_index, accept_lens, draft_token_num, counter)
     st.committed_window = stage.out_cache_loc  # the move site skips exactly this window
     st.steps += 1
     st.pending_staged += stage.rows
@@ -61,9 +57,14 @@ def commit_after_accept(target_worker, batch, accept_lens, accept_index,
     if m.per_step:
         st.pending += counter
         with sync_check.allowed():  # these modes sync on purpose
-            from sglang_nwor_scv.kernels.commit_list import slots_from_positions_ref
+            from sglang_nwor_scv.kernels.commit_list import (commit_list_from_acceptance_ref,
+                                                             slots_from_positions_ref)
 
-            slots = dst if window is None else slots_from_positions_ref(dst, window)
+            if made is not None:
+                slots = slots_from_positions_ref(dst, stage.out_cache_loc)
+            else:
+                src, slots = commit_list_from_acceptance_ref(accept_index, accept_lens,
+                                                             stage.out_cache_loc, draft_token_num)
             _step_record(st, stage, counter, accept_lens, src, slots, made is not None, m)
     st.debug_snapshot = None
     if st.steps % m.log_interval == 0:

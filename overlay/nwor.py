@@ -68,6 +68,18 @@ class VerifyStage:
         finally:
             plan.release_sources()
 
+    def commit_from_acceptance(self, accept_index: torch.Tensor, accept_lens: torch.Tensor,
+                               draft_token_num: int, committed: torch.Tensor | None = None) -> None:
+        """Write upstream's accepted path of each request to the front of its window, all
+        layers, in one launch that reads ``accept_index`` itself (no commit list first)."""
+        plan = self.plan if self.plan is not None else eager_commit_plan(self.pool, self.layers)
+        try:
+            plan.launch_from_acceptance(accept_index, accept_lens, self.out_cache_loc,
+                                        draft_token_num, committed)
+        finally:
+            if plan is not self.plan:
+                plan.release_sources()
+
     def flush_all(self) -> None:
         """Write every staged row to its own slot: exactly what upstream would have done."""
         rows = torch.arange(self.rows, device=self.out_cache_loc.device, dtype=torch.int64)

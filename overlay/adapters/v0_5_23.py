@@ -102,8 +102,7 @@ PHASES = {
     # each of the plugin's kernel launches alone (Triton's dispatch; on the CPU the
     # interpreter runs the kernel inside it), so a site's time splits into launch and glue
     "kernel.verify_accept": "sglang_nwor_scv.kernels.verify_accept.launch_verify_accept_greedy",
-    "kernel.commit": "sglang_nwor_scv.kernels.commit_kv.KVCommitPlan.launch",
-    "kernel.commit_list": "sglang_nwor_scv.kernels.commit_list.commit_list_from_acceptance",
+    "kernel.commit": "sglang_nwor_scv.kernels.commit_kv.KVCommitPlan._launch",
     "kernel.move": "sglang_nwor_scv.kernels.move_kv.KVMovePlan.launch",
     "kernel.ngram_mask": "sglang_nwor_scv.kernels.ngram_mask.full_tree_mask",
 }
