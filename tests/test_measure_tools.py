@@ -173,8 +173,9 @@ def test_small_shape_is_llama_3_2_1b(tmp_path):
     from transformers import AutoConfig
 
     from tools.measure_latency import resident_fit, staging_budget_alone
-    from tools.realistic_model import kv_row_bytes, weight_bytes, write_model
+    from tools.realistic_model import SHAPE_NAMES, SHAPES, kv_row_bytes, weight_bytes, write_model
 
+    assert SHAPE_NAMES.keys() == SHAPES.keys()  # every shape has its report name
     cfg = AutoConfig.from_pretrained(write_model(tmp_path / "m", "llama3.2-1b"))
     shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads)
     assert shape == (16, 2048, 64, 8)

@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.engine_run import REPO, has_cuda  # noqa: E402
+from tools.realistic_model import SHAPE_NAMES, SHAPES, write_model  # noqa: E402
 from tools.measure_engine import (  # noqa: E402
     PLAIN_DECODING,
     build_engine_kwargs,
@@ -466,7 +467,7 @@ def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
-    ap.add_argument("--model", choices=["tiny", "llama3-8b", "llama3.2-1b"], default="llama3-8b",
+    ap.add_argument("--model", choices=["tiny", *SHAPES], default="llama3-8b",
                     help="llama3.2-1b: the host-bound small shape (16 layers, hidden 2048)")
     ap.add_argument("--layers", type=int, default=None, help="depth (default: the shape's own)")
     ap.add_argument("--spec", default="ngram-tree-n8")
@@ -512,14 +513,11 @@ def main() -> int:
         model = "tiny trained Llama pair (tools/make_tiny_models.py)"
         vocab, acceptance = 260, "the tiny pair's own"
     else:
-        from tools.realistic_model import SHAPES, write_model
-
         if needs_eagle3_head(args.spec) and args.model != "llama3-8b":
             raise SystemExit(f"--spec {args.spec} needs an EAGLE3 head, written for llama3-8b only")
         args.layers = args.layers or SHAPES[args.model]["num_hidden_layers"]
         model_dir = write_model(Path(tempfile.mkdtemp(prefix=args.model + "-")), args.model, args.layers)
-        name = {"llama3-8b": "Llama-3-8B", "llama3.2-1b": "Llama-3.2-1B"}[args.model]
-        model = f"{name} shape, {args.layers} layers, dummy weights"
+        model = f"{SHAPE_NAMES[args.model]} shape, {args.layers} layers, dummy weights"
         vocab, acceptance = SHAPES[args.model]["vocab_size"], f"SGLANG_SIMULATE_ACC_LEN={args.acc_len}"
     import sglang
     import torch

@@ -27,6 +27,7 @@ LLAMA32_1B = dict(LLAMA3_8B, hidden_size=2048, intermediate_size=8192, num_hidde
                   num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                   tie_word_embeddings=True)
 SHAPES = {"llama3-8b": LLAMA3_8B, "llama3.2-1b": LLAMA32_1B}
+SHAPE_NAMES = {"llama3-8b": "Llama-3-8B", "llama3.2-1b": "Llama-3.2-1B"}  # for reports
 
 
 def write_model(directory: Path, shape: str = "llama3-8b", layers: int | None = None) -> Path:
