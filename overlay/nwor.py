@@ -58,27 +58,27 @@ class VerifyStage:
                accept_lens: torch.Tensor | None = None) -> None:
         """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers
         (``dst_window``: ``dst_slots`` are positions in it; ``accept_lens``: counted too)."""
-        if self.plan is not None:  # a CUDA-graph bucket's: its K/V tensors stay
-            self.plan.launch(src_rows, dst_slots, committed, dst_window=dst_window,
-                             accept_lens=accept_lens)
-            return
-        plan = eager_commit_plan(self.pool, self.layers)
-        try:
-            plan.launch(src_rows, dst_slots, committed, dst_window=dst_window, accept_lens=accept_lens)
-        finally:
-            plan.release_sources()
+        self._launch(lambda plan: plan.launch(src_rows, dst_slots, committed, dst_window=dst_window,
+                                              accept_lens=accept_lens))
 
     def commit_from_acceptance(self, accept_index: torch.Tensor, accept_lens: torch.Tensor,
                                draft_token_num: int, committed: torch.Tensor | None = None) -> None:
         """Write upstream's accepted path of each request to the front of its window, all
         layers, in one launch that reads ``accept_index`` itself (no commit list first)."""
-        plan = self.plan if self.plan is not None else eager_commit_plan(self.pool, self.layers)
+        self._launch(lambda plan: plan.launch_from_acceptance(
+            accept_index, accept_lens, self.out_cache_loc, draft_token_num, committed))
+
+    def _launch(self, launch) -> None:
+        """``launch(plan)`` with a CUDA-graph bucket's kept plan (its K/V tensors stay), or
+        with the pool's eager plan rebound to this stage's K/V, released once queued."""
+        if self.plan is not None:
+            launch(self.plan)
+            return
+        plan = eager_commit_plan(self.pool, self.layers)
         try:
-            plan.launch_from_acceptance(accept_index, accept_lens, self.out_cache_loc,
-                                        draft_token_num, committed)
+            launch(plan)
         finally:
-            if plan is not self.plan:
-                plan.release_sources()
+            plan.release_sources()
 
     def flush_all(self) -> None:
         """Write every staged row to its own slot: exactly what upstream would have done."""
