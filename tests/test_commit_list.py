@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sglang_nwor_scv.kernels.commit_kv import KVCommitPlan, commit_accepted_kv_ref  # noqa: E402
+from tests.test_commit_kv import as_bytes  # noqa: E402
 from sglang_nwor_scv.kernels.commit_list import (  # noqa: E402
     commit_list_from_acceptance_ref,
     slots_from_positions_ref,
@@ -70,10 +71,6 @@ def commit_both(index, lens, slots, n, seed):
     src, dst = commit_list_from_acceptance_ref(index, lens, slots, n)
     commit_accepted_kv_ref(ks, vs, ref_k, ref_v, src, dst, committed=ref_c, accept_lens=lens)
     return (ours_k + ours_v, ours_c), (ref_k + ref_v, ref_c), kd + vd
-
-
-def as_bytes(t):
-    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
