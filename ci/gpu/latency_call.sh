@@ -9,6 +9,8 @@
 #       beside plugin-off and default at bs 1 and 32, then plugin-off beside default at bs 128)
 #   LATENCY_PART=small bash ci/gpu/latency_call.sh OUT  (the Llama-3.2-1B shape, all four modes:
 #       the host-bound case, where issue 14 asks for -20%)
+#   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
+#       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
 # resident_fit), so its baselines take two calls; calls of one setup combine with
 # measure_latency.py --merge (rounds add up per mode and bs; pairs stay within a call).
@@ -19,7 +21,13 @@ bash ci/gpu/card.sh "$OUT"
   -k "not engine" > "$OUT/mask_tests.txt" 2>&1; tail -n 3 "$OUT/mask_tests.txt" 2> /dev/null
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${LATENCY_PART:-main}" = small ]; then
+if [ "${LATENCY_PART:-main}" = small-bs1 ]; then
+  # run 36 left bs 1 on the 1B shape unresolved (bimodal rounds, 13%-wide intervals): many
+  # short rounds of the three NGRAM modes at bs 1 only
+  timeout -k 15 480 "${L[@]}" --model llama3.2-1b --layers 16 --out "$OUT/s1" \
+    --modes plugin-off,plugin-off-native-move,default --bs 1 --repeats 20 \
+    --deadline-s 460 > "$OUT/s1.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = small ]; then
   # issue 14's host-bound shape (Llama-3.2-1B, 16 layers): four 1B engines fit either card
   timeout -k 15 480 "${L[@]}" --model llama3.2-1b --layers 16 --out "$OUT/s" \
     --modes plugin-off,plugin-off-native-move,default,no-spec --bs 1,32,128 --repeats 7 \
