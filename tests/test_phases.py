@@ -108,13 +108,15 @@ def test_too_few_rounds_call_nothing_and_the_report_says_so():
 def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_models):
     cmd = [sys.executable, str(REPO / "tools" / "measure_latency.py"), "--out", str(tmp_path),
            "--model", "tiny", "--spec", "ngram-tree", "--modes", "plugin-off,default",
-           "--bs", "2", "--tokens", "10", "--repeats", "2", "--no-gpm", "--log-interval", "1"]
+           "--bs", "2", "--tokens", "10", "--repeats", "2", "--no-gpm", "--log-interval", "1",
+           "--target-ci-points", "50"]  # under MIN_ROUNDS: both rounds run
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "latency.json").read_text())
     assert [r["mode"] for r in data["runs"]] == ["plugin-off", "default", "default", "plugin-off"]
     points = {p["mode"]: p for p in data["points"]}
     assert points["default"]["n"] == 2 and points["default"]["vs_plugin-off"]["n"] == 2
+    assert data["meta"]["target_ci_points"] == 50
     for outer in data["meta"]["outermost"].values():
         assert outer and all(outer.values()), data["meta"]["outermost"]
     for mode in ("plugin-off", "default"):
@@ -218,3 +220,32 @@ def test_where_the_step_goes_names_only_the_phases_the_run_has():
     md = markdown(meta, [point])
     note = md[md.index("*Before launch*"):md.index("| bs | mode | iteration")]
     assert "`forward.worker`" in note and "spec.ngram" not in note and "`spec.accept`" in note
+
+
+def test_rounds_continue_only_where_the_interval_is_still_wide():
+    """``--target-ci-points``: a batch size leaves the rotation once every plugin mode's
+    paired difference against each baseline is resolved to the target, never before
+    MIN_ROUNDS, and whatever the sign; a noisy point stays in."""
+    from tools.measure_latency import open_batch_sizes
+
+    modes = ["plugin-off", "plugin-off-native-move", "default", "no-spec"]
+
+    def runs_for(n, noise_at_1):
+        rows = []
+        for r in range(n):
+            wobble = (1 + noise_at_1 * (1 if r % 2 else -1))
+            for bs, base in ((1, 8.0), (32, 19.0)):
+                w = wobble if bs == 1 else 1 + 0.001 * (r % 2)
+                for mode, ms in (("plugin-off", base), ("plugin-off-native-move", base * 1.02),
+                                 ("default", base * 0.9 * w), ("no-spec", 99.0 * w)):
+                    rows.append({"repeat": r, "bs": bs, "mode": mode, "ms_per_step": ms})
+        return rows
+
+    assert open_batch_sizes(runs_for(MIN_ROUNDS - 1, 0.0), modes, [1, 32], 2.0) == [1, 32]
+    assert open_batch_sizes(runs_for(MIN_ROUNDS, 0.05), modes, [1, 32], 2.0) == [1]  # +-5%: wide
+    assert open_batch_sizes(runs_for(MIN_ROUNDS, 0.0), modes, [1, 32], 2.0) == []
+    # no-spec's own noise does not hold a point open: it is no upstream speculative baseline
+    assert open_batch_sizes(runs_for(MIN_ROUNDS, 0.05), ["plugin-off", "default"], [32], 2.0) == []
+    # baselines only: they are compared with each other
+    only_bases = [r for r in runs_for(MIN_ROUNDS, 0.0) if r["mode"].startswith("plugin-off")]
+    assert open_batch_sizes(only_bases, ["plugin-off", "plugin-off-native-move"], [1], 2.0) == []
