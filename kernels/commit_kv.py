@@ -853,6 +853,23 @@ class KVCommitPlan:
                      accept_lens.contiguous(), bs * depth, depth, window_width,
                      DST_FROM_WINDOW=False, FROM_ACCEPT=True)
 
+    def launch_ref(
+        self,
+        src_rows: torch.Tensor,
+        dst_slots: torch.Tensor,
+        committed: Optional[torch.Tensor] = None,
+        *,
+        dst_window: Optional[torch.Tensor] = None,
+        accept_lens: Optional[torch.Tensor] = None,
+    ) -> None:
+        """What ``launch`` writes and counts, with ``commit_accepted_kv_ref`` (plain torch,
+        host syncs) on the plan's own tensors and scales: for when the kernel cannot launch."""
+        self._check_sources()
+        k_scales, v_scales = self._scale_args or (None, None)
+        commit_accepted_kv_ref(*self._sources, *self._dests, src_rows, dst_slots, k_scales, v_scales,
+                               committed, kv_dtype=self.kv_dtype, dst_window=dst_window,
+                               accept_lens=accept_lens)
+
     def _check_sources(self) -> None:
         if self._sources is None:
             raise ValueError("the plan's sources were released: rebind it to this step's K/V first")

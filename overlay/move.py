@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import weakref
 
+from sglang_nwor_scv import kernel_guard
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.eligibility import move_refusal
 from sglang_nwor_scv.state import state_for_pool
@@ -45,13 +46,16 @@ def accept_move(batch, accept_index, num_correct_drafts, token_to_kv_pool_alloca
 
 
 def _fused_move(pool, accept_index, num_correct_drafts, out_cache_loc) -> bool:
-    plan = _plan_for(pool)
+    plan = _plan_for(pool) if kernel_guard.usable("KV move") else None
     if plan is None:
         return False
     try:
         plan.launch(accept_index, num_correct_drafts, out_cache_loc)
     except ValueError as e:  # a shape the move does not take: upstream this step
         logger.warning("NWOR move: upstream's KV move runs for this step (%s)", e)
+        return False
+    except Exception as e:  # the launch itself failed (nothing moved): upstream from now on
+        kernel_guard.record_failure("KV move", e, "upstream's post-verify move runs")
         return False
     return True
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from sglang_nwor_scv import kernel_guard
 from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
 _counts = {"kernel": 0}
-_broken: list[str] = []  # why the kernel failed once in this process: upstream's loop from then on
 
 
 def wanted(batch) -> bool:
@@ -44,15 +44,13 @@ def full_mask(tree_mask, batch, num_draft: int):
     from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask, full_tree_mask_ref
 
     bs = len(batch.reqs)
-    if not _broken:
+    if kernel_guard.usable("NGRAM mask"):
         try:
             out = full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu[:bs], num_draft)
             _counts["kernel"] += 1
             return out
         except Exception as e:  # never take the server down for an optimisation
-            _broken.append(f"{type(e).__name__}: {e}"[:300])
-            logger.warning("sglang_nwor_scv: NGRAM mask kernel failed (%s); upstream's loop "
-                           "builds the mask from now on", _broken[0])
+            kernel_guard.record_failure("NGRAM mask", e, "upstream's loop builds the mask")
     return full_tree_mask_ref(tree_mask[: bs * num_draft * num_draft], batch.seq_lens_cpu[:bs],
                               num_draft)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sglang_nwor_scv import kernel_guard
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,27 +60,44 @@ class VerifyStage:
                accept_lens: torch.Tensor | None = None) -> None:
         """Write staged rows ``src_rows`` to pool slots ``dst_slots`` (-1 = skip), all layers
         (``dst_window``: ``dst_slots`` are positions in it; ``accept_lens``: counted too)."""
-        self._launch(lambda plan: plan.launch(src_rows, dst_slots, committed, dst_window=dst_window,
-                                              accept_lens=accept_lens))
+        args = (src_rows, dst_slots, committed)
+        kw = dict(dst_window=dst_window, accept_lens=accept_lens)
+        self._launch(lambda plan: plan.launch(*args, **kw), lambda plan: plan.launch_ref(*args, **kw))
 
     def commit_from_acceptance(self, accept_index: torch.Tensor, accept_lens: torch.Tensor,
                                draft_token_num: int, committed: torch.Tensor | None = None) -> None:
         """Write upstream's accepted path of each request to the front of its window, all
         layers, in one launch that reads ``accept_index`` itself (no commit list first)."""
-        self._launch(lambda plan: plan.launch_from_acceptance(
-            accept_index, accept_lens, self.out_cache_loc, draft_token_num, committed))
+        def by_torch(plan):
+            from sglang_nwor_scv.kernels.commit_list import commit_list_from_acceptance_ref
 
-    def _launch(self, launch) -> None:
+            src, dst = commit_list_from_acceptance_ref(accept_index, accept_lens, self.out_cache_loc,
+                                                       draft_token_num)
+            plan.launch_ref(src, dst, committed, accept_lens=accept_lens)
+
+        self._launch(lambda plan: plan.launch_from_acceptance(
+            accept_index, accept_lens, self.out_cache_loc, draft_token_num, committed), by_torch)
+
+    def _launch(self, launch, by_torch) -> None:
         """``launch(plan)`` with a CUDA-graph bucket's kept plan (its K/V tensors stay), or
-        with the pool's eager plan rebound to this stage's K/V, released once queued."""
-        if self.plan is not None:
-            launch(self.plan)
-            return
-        plan = eager_commit_plan(self.pool, self.layers)
+        with the pool's eager plan rebound to this stage's K/V, released once queued. If the
+        kernel fails to launch, ``by_torch(plan)`` writes the same rows, now and from then on
+        (kernel_guard): only the commit writes staged rows, so it cannot hand them back."""
+        plan = self.plan if self.plan is not None else eager_commit_plan(self.pool, self.layers)
         try:
-            launch(plan)
+            if kernel_guard.usable("NWOR commit"):
+                try:
+                    launch(plan)
+                    return
+                except Exception as e:
+                    if plan.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                        raise  # a capture is no place for the reference's host syncs
+                    kernel_guard.record_failure("NWOR commit", e,
+                                                "its torch reference writes the accepted rows")
+            by_torch(plan)
         finally:
-            plan.release_sources()
+            if plan is not self.plan:
+                plan.release_sources()
 
     def flush_all(self) -> None:
         """Write every staged row to its own slot: exactly what upstream would have done."""

@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from sglang_nwor_scv import kernel_guard
 from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
@@ -61,6 +62,9 @@ def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
     """
     if not modes().scv_on:
         return None
+    if not kernel_guard.usable("SCV acceptance"):
+        _counts["fallback"] += 1
+        return None
     from sglang_nwor_scv.kernels import verify_accept as va
 
     try:
@@ -88,8 +92,13 @@ def try_verify_greedy(predicts, accept_index, accept_token_num, candidates,
         if _counts["fallback"] == 1:
             logger.warning("SCV: falling back to upstream verify (%s)", e)
         return None
-    va.launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
-                                   retrieve_next_sibling, target_predict, positions, depth, out)
+    try:
+        va.launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
+                                       retrieve_next_sibling, target_predict, positions, depth, out)
+    except Exception as e:  # the launch failed before writing anything: upstream verifies
+        kernel_guard.record_failure("SCV acceptance", e, "upstream's verify runs")
+        _counts["fallback"] += 1
+        return None
     _handoff["accept_index"] = weakref.ref(accept_index)
     _handoff["list"] = (out.commit_src, out.commit_dst)
     _counts["fused"] += 1

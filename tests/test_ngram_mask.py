@@ -107,7 +107,7 @@ def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
     with one log line, and the server keeps serving."""
     from types import SimpleNamespace
 
-    from sglang_nwor_scv import ngram_mask
+    from sglang_nwor_scv import kernel_guard, ngram_mask
     from sglang_nwor_scv.kernels import ngram_mask as kernel
 
     tree, seq_lens = _case(3, 4, [9, 2, 4], seed=11)
@@ -123,11 +123,11 @@ def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
         raise RuntimeError("no kernel image")
 
     monkeypatch.setattr(kernel, "full_tree_mask", broken)
-    monkeypatch.setattr(ngram_mask, "_broken", [])
+    monkeypatch.setattr(kernel_guard, "_failed", {})
     with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
         first = ngram_mask.full_mask(big, batch, 4)
         second = ngram_mask.full_mask(big, batch, 4)
     assert torch.equal(first, want) and torch.equal(second, want)
     assert len(calls) == 1, "the kernel is not retried after a failure"
-    lines = [r.message for r in caplog.records if "mask kernel failed" in r.message]
+    lines = [r.getMessage() for r in caplog.records if "NGRAM mask kernel failed" in r.getMessage()]
     assert len(lines) == 1 and "no kernel image" in lines[0]

@@ -332,3 +332,81 @@ def test_patched_tree_and_plugin_both_active_is_said_once_per_runner(monkeypatch
     with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
         sites.runner_state(_runner())
     assert not any("both wire" in r.getMessage() for r in caplog.records)
+
+
+class _LaunchFails:
+    """Test-only fault: a Triton kernel whose launch fails on this machine (a GPU or Triton
+    build the CI never saw). Indexed by a grid it gives a launcher that raises before
+    queueing anything, as Triton does when compiling fails."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls += 1
+            raise RuntimeError("injected: out of resource: shared memory")
+        return launch
+
+
+def _committed_pool(seed, lens, idx, flush_whole=False):
+    runner = _runner()
+    fb = _verify_batch([10, 11, 12, 13, 20, 21, 22, 23])
+    sites.begin_verify_forward(runner, fb)
+    _stage_all_layers(runner, fb, seed)
+    sites.end_verify_forward(runner, fb, ok=True)
+    st = state.existing_state(runner)
+    if flush_whole:  # the list form of the commit: every staged row to its own slot
+        st.stage.flush_all()
+    else:  # no SCV list: the commit reads upstream's acceptance itself
+        sites.commit_after_accept(SimpleNamespace(model_runner=runner), fb, lens, idx, N)
+    pool = runner.token_to_kv_pool
+    return [b.clone() for b in [*pool.k_buffer, *pool.v_buffer]], st.pending
+
+
+@pytest.mark.parametrize("flush_whole", [False, True], ids=["from-acceptance", "commit-list"])
+def test_commit_kernel_that_cannot_launch_is_replaced_by_its_reference(monkeypatch, caplog,
+                                                                       flush_whole):
+    """Only the commit writes staged rows, so a failed launch cannot be handed back to
+    upstream: its torch reference writes the same bytes and counts (this step and every
+    later one, the kernel not launched again), with one log line; the server keeps going."""
+    from sglang_nwor_scv import kernel_guard
+    from sglang_nwor_scv.kernels import commit_kv
+
+    monkeypatch.setattr(kernel_guard, "_failed", {})
+    lens, idx = _accept(2, [2, 1])
+    want = [_committed_pool(seed, lens, idx, flush_whole) for seed in (0, 1)]
+    failing = _LaunchFails()
+    monkeypatch.setattr(commit_kv, "commit_accepted_kv_kernel", failing)
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        got = [_committed_pool(seed, lens, idx, flush_whole) for seed in (0, 1)]
+    for (want_bufs, want_count), (got_bufs, got_count) in zip(want, got, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(want_bufs, got_bufs, strict=True))
+        assert (want_count is None) == (got_count is None)
+        assert want_count is None or torch.equal(want_count, got_count)
+    assert failing.calls == 1, "the kernel is not launched again after a failure"
+    lines = [r.getMessage() for r in caplog.records if "NWOR commit kernel failed" in r.getMessage()]
+    assert len(lines) == 1 and "shared memory" in lines[0] and "torch reference" in lines[0]
+
+
+def test_move_kernel_that_cannot_launch_hands_the_move_to_upstream(monkeypatch, caplog):
+    """The move runs before upstream's: a failed launch moved nothing, so upstream's move
+    runs for this step and every later one (the site says False), with one log line."""
+    from sglang_nwor_scv import kernel_guard, move
+    from sglang_nwor_scv.kernels import move_kv
+
+    monkeypatch.setattr(kernel_guard, "_failed", {})
+    runner = _runner()
+    fb = _verify_batch([10, 11, 12, 13])
+    lens, idx = _accept(1, [3])
+    allocator = _allocator(runner)
+    before = [b.clone() for b in [*runner.token_to_kv_pool.k_buffer, *runner.token_to_kv_pool.v_buffer]]
+    failing = _LaunchFails()
+    monkeypatch.setattr(move_kv, "_move_accepted_kv_kernel", failing)
+    with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
+        assert not move.accept_move(fb, idx, lens - 1, allocator)
+        assert not move.accept_move(fb, idx, lens - 1, allocator)
+    after = [*runner.token_to_kv_pool.k_buffer, *runner.token_to_kv_pool.v_buffer]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert failing.calls == 1
+    assert sum("KV move kernel failed" in r.getMessage() for r in caplog.records) == 1

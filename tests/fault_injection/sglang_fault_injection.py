@@ -13,6 +13,10 @@ or off, so their outputs must stay identical. Kinds:
   graph: every layer staged or written), then an exception before acceptance, then the
   same forward again. Nothing of the first forward may be committed.
 
+- ``kernels_fail``: every Triton kernel of the NWOR/SCV plugin fails at launch, as on a
+  GPU or Triton build its CI never saw (no step list: from the first launch on). Upstream
+  alone launches none of them, so with the plugin off nothing changes.
+
 ``NWOR_SCV_FAULT_LOG`` names a file that gets one line per injected fault, so a test can
 tell that the fault really happened. Nothing upstream does is replaced.
 """
@@ -78,8 +82,33 @@ def _around_attention(original, self, *args, **kwargs):
     return original(self, *args, **kwargs)
 
 
+class _FailingLaunch:
+    """A Triton kernel indexed by its grid: the launcher raises before queueing anything."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _log("kernels_fail", self.name)
+            raise RuntimeError(f"injected: {self.name} failed to compile for this GPU")
+        return launch
+
+
+_PLUGIN_KERNELS = {"sglang_nwor_scv.kernels.commit_kv": "commit_accepted_kv_kernel",
+                   "sglang_nwor_scv.kernels.verify_accept": "_verify_accept_greedy_kernel",
+                   "sglang_nwor_scv.kernels.move_kv": "_move_accepted_kv_kernel",
+                   "sglang_nwor_scv.kernels.ngram_mask": "_full_tree_mask_kernel"}
+
+
 def install() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    if os.environ.get("NWOR_SCV_FAULT", "").partition(":")[0] == "kernels_fail":
+        import importlib
+
+        for module, kernel in _PLUGIN_KERNELS.items():
+            setattr(importlib.import_module(module), kernel, _FailingLaunch(kernel))
 
     HookRegistry.register("sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation",
                           _around_forward, HookType.AROUND)
