@@ -17,7 +17,7 @@
 #            edge shapes: bs 1, padded buckets, one entry, all padding, empty); logs in $OUT/sanitizer
 # A step with sub-steps (faults:<test>, soak:<name>, sanitizer:<tool>) runs whole when its group is
 # in SUITE_STEPS; ONLY=REGEX keeps the (sub-)steps whose name matches, e.g. one device call for
-#   SUITE_STEPS=faults,soak ONLY='(nan|inside).*standalone|staged'
+#   SUITE_STEPS=faults,soak ONLY='(nan|inside).*standalone|cannot_launch|staged'
 # Every artifact goes to $OUT (default out/gpu); a pass/fail table is printed last.
 # Device tool:  run(command="bash ci/gpu/run_gpu_suite.sh", carry=[".wheelhouse"])
 set -uo pipefail
