@@ -126,7 +126,7 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
             for name in ("loop.run_batch", "spec.ngram.worker", "spec.ngram.draft", "forward.model",
                          "spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.lookup",
                          "spec.cache_locs", "forward.batch_init", "spec.ngram.corpus_get",
-                         "spec.ngram.corpus_sync"):
+                         "spec.ngram.corpus_sync", "loop.sampling_copy", "loop.copy_to_cpu"):
                 assert ph[name]["calls"] > 0.5, (mode, name, ph)
             # nested, so a parent's self time excludes them (graph.* run on a GPU only)
             assert ph["spec.ngram.draft"]["us"] >= ph["spec.ngram.lookup"]["us"] > 0

@@ -335,10 +335,11 @@ def _median_phases(rows: list[dict]) -> dict:
 # then until the next launch the GPU idles: the rest of run_batch before the worker (no
 # clock), the draft and the forward's preparation. So the serial host work is the draft and
 # forward.worker; the loop's own phases overlap the GPU.
-BEFORE_LAUNCH = ("spec.ngram.draft", "forward.worker")
+BEFORE_LAUNCH = ("loop.sampling_copy", "loop.record_batch", "spec.ngram.draft", "forward.worker")
 OVERLAPPED = ("loop.recv", "loop.input", "loop.schedule", "loop.output")
 DRAFT = ("spec.ngram.draft", "spec.eagle.draft")  # EAGLE's draft forwards run on the GPU too
-AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus")
+AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus", "loop.relay",
+                "loop.copy_to_cpu")
 
 
 def critical_path(point: dict) -> dict:
@@ -403,8 +404,9 @@ def markdown(meta: dict, points: list[dict]) -> str:
               "launches a step, then processes the previous step's output and schedules while "
               "the GPU computes; the next `run_batch` starts by waiting for this step's accepted "
               "lengths (`loop.wait_prev`). *Before launch* (serial with the GPU after that wait): "
-              + named(BEFORE_LAUNCH) + " (inclusive µs; `run_batch`'s "
-              "own code before the worker has no clock). *Overlapped*: "
+              + named(BEFORE_LAUNCH) + " (inclusive µs; the rest of `run_batch`'s "
+              "own code before the worker, e.g. `_forward_isolation`'s field snapshot, has no "
+              "clock). *Overlapped*: "
               + named(OVERLAPPED) + ". *After launch*: " + named(AFTER_LAUNCH)
               + " (launched while the verify forward runs). For plain decoding (`no-spec`) "
               "`loop.output` holds the wait for the GPU.", "",
