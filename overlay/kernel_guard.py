@@ -29,7 +29,3 @@ def record_failure(kernel: str, error: BaseException, instead: str) -> None:
     _failed[kernel] = f"{type(error).__name__}: {error}"[:300]
     logger.warning("sglang_nwor_scv: the %s kernel failed to launch (%s); %s from now on",
                    kernel, _failed[kernel], instead)
-
-
-def failures() -> dict[str, str]:
-    return dict(_failed)
