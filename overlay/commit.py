@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check
+from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check, verify_metadata
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.json_file import write_json_atomically
 from sglang_nwor_scv.state import RunnerState, all_states, existing_state
@@ -128,7 +128,8 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     ``read_now``, wait for the device and read at once)."""
     counts = scv.take_counts()
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
-                   ngram_mask_kernel=ngram_mask.take_count(), host_syncs=sync_check.take())
+                   ngram_mask_kernel=ngram_mask.take_count(),
+                   verify_metadata_kernel=verify_metadata.take_count(), host_syncs=sync_check.take())
     st.flushed_at = st.verify_steps
     per_step = modes().per_step
     if read_now and st.pending is not None and st.pending.is_cuda:

@@ -135,6 +135,10 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_SCV_NGRAM_MASK", "ngram_mask", "boolean", "1",
            "NGRAM: build the full verify mask in one kernel instead of upstream's per-request "
            "loop (bit-identical; upstream's loop is most of NGRAM's draft time at bs >= 32)", _bool),
+    Switch("SGLANG_SCV_VERIFY_METADATA", "verify_metadata", "boolean", "0",
+           "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
+           "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
+           "off until a GPU run proves it end to end)", _bool),
     Switch("SGLANG_NWOR_MOVE", "move", "boolean", "1",
            "unstaged steps: replace upstream's post-verify KV move by one launch "
            "that copies only the rows that move", _bool),
@@ -173,6 +177,7 @@ class Modes:
     graph_max_mb: int | None = None  # None: auto
     move: bool = True
     ngram_mask: bool = True
+    verify_metadata: bool = False
     debug: bool = False
     step_log: str | None = None
     log_interval: int = 100
@@ -200,7 +205,8 @@ class Modes:
         return self.scv != "off"
 
 
-STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False)
+STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False,
+                   verify_metadata=False)
 
 
 def parse(environ: Mapping[str, str]) -> Modes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check
+from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check, verify_metadata
 from sglang_nwor_scv.adapters import v0_5_17_ngram
 from sglang_nwor_scv.config import modes
 
@@ -101,12 +101,14 @@ HOOKS = {
     "ngram_mask": ngram_mask.prepare_with_full_mask_kernel,
     "ngram_draft_tokens": v0_5_17_ngram.prepare_draft_tokens,  # 0.5.17 only (its adapter)
     "ngram_corpus_update": v0_5_17_ngram.update_ngram_corpus,
+    "verify_metadata": verify_metadata.update_target_verify_buffers,  # 0.5.17 only
 }
 
 
 def _wanted(name: str) -> bool:
     """A site switched off is not hooked at all: no wrapper on the step's path."""
-    return name != "ngram_mask" or modes().ngram_mask
+    switch = {"ngram_mask": "ngram_mask", "verify_metadata": "verify_metadata"}.get(name)
+    return switch is None or getattr(modes(), switch)
 
 
 def register_all(adapter) -> None:

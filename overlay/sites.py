@@ -9,8 +9,8 @@ This module holds the verify stage's life cycle (open before the verify forward,
 stage each layer's K/V, close after) and names the other sites, which live with
 their jobs: the commit (sglang_nwor_scv.commit), the KV move (.move), graph
 capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask
-(.ngram_mask). State lives on the target ``ModelRunner`` (sglang_nwor_scv.state),
-not in globals.
+(.ngram_mask), the replayed verify graph's attention metadata (.verify_metadata).
+State lives on the target ``ModelRunner`` (sglang_nwor_scv.state), not in globals.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from sglang_nwor_scv.state import (  # noqa: F401  (patched modules call declare
     existing_state,
     runner_state,
     set_wiring_check,
+)
+from sglang_nwor_scv.verify_metadata import (  # noqa: F401  (call site "verify_metadata")
+    try_fill as fill_target_verify_buffers,
 )
 
 logger = logging.getLogger("sglang_nwor_scv")

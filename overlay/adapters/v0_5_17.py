@@ -19,6 +19,13 @@ TARGETS = {
     "ngram_draft_tokens": ("sglang.srt.speculative.ngram_worker.NGRAMWorker."
                            "_prepare_draft_tokens"),
     "ngram_corpus_update": "sglang.srt.speculative.ngram_worker.NGRAMWorker._update_ngram_corpus",
+    # What: the Triton backend's refill of a replayed target-verify graph's attention
+    # metadata (qo/kv/mask indptr, kv_indices, the custom mask), before every replay.
+    # Why: about 9 dispatches of host work the GPU waits for at small bs; with
+    # SGLANG_SCV_VERIFY_METADATA=1 one kernel writes the same bytes (verify_metadata.py).
+    # 0.5.23 gathers through a KV-location plan and is not hooked.
+    "verify_metadata": ("sglang.srt.layers.attention.triton_backend.TritonAttnBackend."
+                        "_update_target_verify_buffers"),
 }
 
 PHASES = v0_5_23.PHASES  # the same names and places in 0.5.17

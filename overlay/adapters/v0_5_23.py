@@ -114,4 +114,5 @@ PHASES = {
     "kernel.commit": "sglang_nwor_scv.kernels.commit_kv.KVCommitPlan._launch",
     "kernel.move": "sglang_nwor_scv.kernels.move_kv.KVMovePlan.launch",
     "kernel.ngram_mask": "sglang_nwor_scv.kernels.ngram_mask.full_tree_mask",
+    "kernel.verify_metadata": "sglang_nwor_scv.kernels.verify_metadata.target_verify_buffers",
 }

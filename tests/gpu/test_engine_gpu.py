@@ -148,6 +148,17 @@ def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
     _check_steps(on.steps, graph=True)
 
 
+def test_verify_metadata_kernel_identity_under_graphs(tiny_models, tmp_path):
+    """SGLANG_SCV_VERIFY_METADATA=1: each replayed verify graph's Triton attention metadata
+    from one kernel; outputs identical to upstream's, invariants every step, and the kernel
+    really filled the replayed steps (its counter)."""
+    off, on, t = _graph_tree_run("VERIFY-METADATA", {"SGLANG_SCV_VERIFY_METADATA": "1"},
+                                 tiny_models, tmp_path / "totals.json")
+    assert off.outputs == on.outputs
+    assert t["verify_metadata_kernel"] > 0, t
+    _check_steps(on.steps, graph=True)
+
+
 def test_patched_tree_stages_graph_verify_steps(tiny_models, patched_site):
     """The patch series instead of the plugin (plugin off, patched sglang first on the
     path), CUDA graphs on, no variable set: verify buckets captured without KV writes
