@@ -55,6 +55,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "upstream": (True, _OFF),
     "upstream-native-move": (True, {**_OFF, **_NATIVE}),
     "default": (True, {}),
+    # the default plus the one-launch verify-graph metadata (off by default until proven)
+    "default-verify-metadata": (True, {"SGLANG_SCV_VERIFY_METADATA": "1"}),
     "default-no-mask": (True, _NO_MASK),
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK}),

@@ -9,6 +9,8 @@
 #       beside plugin-off and default at bs 1 and 32, then plugin-off beside default at bs 128)
 #   LATENCY_PART=small bash ci/gpu/latency_call.sh OUT  (the Llama-3.2-1B shape, all four modes:
 #       the host-bound case, where issue 14 asks for -20%)
+#   LATENCY_PART=verify-metadata [VM_SHAPE=small] bash ci/gpu/latency_call.sh OUT  (the
+#       one-launch verify-graph metadata: its GPU tests, then default with and without it)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -24,7 +26,19 @@ bash ci/gpu/card.sh "$OUT"
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 \
   --target-ci-points 2 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${LATENCY_PART:-main}" = small-bs1 ]; then
+if [ "${LATENCY_PART:-main}" = verify-metadata ]; then
+  # the one-launch verify-graph metadata (SGLANG_SCV_VERIFY_METADATA=1, off by default): its
+  # kernel against 0.5.17's own method at real shapes first, then the default with and
+  # without it beside plugin-off (the better upstream baseline at bs 1; the native move too
+  # where the card holds four engines) at bs 1 and 32; VM_SHAPE=small: the 1B shape
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_verify_metadata.py \
+    > "$OUT/vm_tests.txt" 2>&1; tail -n 3 "$OUT/vm_tests.txt"
+  M=plugin-off,default,default-verify-metadata; S=()
+  [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,default,default-verify-metadata
+  [ "${VM_SHAPE:-}" = small ] && S=(--model llama3.2-1b --layers 16)
+  timeout -k 15 450 "${L[@]}" "${S[@]}" --out "$OUT/v" --modes "$M" --bs 1,32 --repeats 40 \
+    --deadline-s 430 > "$OUT/v.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = small-bs1 ]; then
   # run 36 left bs 1 on the 1B shape unresolved (bimodal rounds, 13%-wide intervals): many
   # short rounds of the three NGRAM modes at bs 1 only
   timeout -k 15 480 "${L[@]}" --model llama3.2-1b --layers 16 --out "$OUT/s1" \
