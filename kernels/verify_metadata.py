@@ -104,9 +104,12 @@ def target_verify_buffers(qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_bu
     if bs == 0:
         return
     mask_len = 0 if custom_mask is None else int(custom_mask.shape[0])
-    mask_in = custom_mask.view(torch.uint8) if mask_len else mask_buffer.view(torch.uint8)
+    if mask_len:
+        mask_in, mask_out = custom_mask.view(torch.uint8), mask_buffer.view(torch.uint8)
+    else:  # no copying program runs: any byte pointer will do (there may be no mask buffer)
+        mask_in = mask_out = seq_lens.view(torch.uint8)
     grid = (bs + triton.cdiv(mask_len, _MASK_CHUNK),)
     _target_verify_buffers_kernel[grid](
-        qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_buffer.view(torch.uint8), mask_in,
+        qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_out, mask_in,
         req_to_token, req_pool_indices, seq_lens, bs, mask_len, req_to_token.stride(0),
         N=int(num_draft), BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK, MASK_CHUNK=_MASK_CHUNK)

@@ -158,14 +158,17 @@ def test_site_writes_what_upstreams_method_writes(upstream_backend_class, switch
         assert torch.equal(w[k], g[k]), k
 
 
-def test_no_custom_mask_leaves_the_mask_buffer_alone(upstream_backend_class, switched_on):
-    want_b = _backend(upstream_backend_class, 4, 4, 64, 1)
-    got_b = _backend(upstream_backend_class, 4, 4, 64, 1)
+@pytest.mark.parametrize("mask_dtype", [torch.bool, None])
+def test_no_custom_mask_leaves_the_mask_buffer_alone(upstream_backend_class, switched_on,
+                                                     mask_dtype):
+    want_b = _backend(upstream_backend_class, 4, 4, 64, 1, mask_dtype)
+    got_b = _backend(upstream_backend_class, 4, 4, 64, 1, mask_dtype)
+    before = site._counts["kernel"]
     seq_lens, rpi, spec = _inputs(3, 4, [5, 60, 1], 4, seed=3, with_mask=False)
     want = upstream_backend_class._update_target_verify_buffers(want_b, 3, seq_lens, rpi, spec)
     got = site.try_fill(got_b, 3, seq_lens, rpi, spec)
     _same_result(want, got, got_b)
-    assert got[2] is None
+    assert got[2] is None and site._counts["kernel"] == before + 1
     w, g = _buffers(want_b), _buffers(got_b)
     assert all(torch.equal(w[k], g[k]) for k in w)
 
