@@ -89,12 +89,13 @@ step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$
 # (tests/gpu/sanitizer_shapes.py; SANITIZER_SHAPES=0 keeps them whole) so the three tools fit
 # one device call.
 SAN_TESTS=${SAN_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
-  tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_ngram_mask.py}
-SAN_K=${SAN_K:-"not every_16bit and not fp32_source and not sync and not one_launch and not cuda_graph"}
+  tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_ngram_mask.py \
+  tests/test_verify_metadata.py}
+SAN_K=${SAN_K:-"not every_16bit and not fp32_source and not sync and not one_launch and not cuda_graph and not host_us"}
 # racecheck is the slowest (run 30: 6 small tests in 150 s; H100 run 41: its 10 tests in 193 s,
 # then the 200 s limit cut the tool before its summary): one edge test per kernel with shared
-# memory or a barrier (commit, acceptance, the move).
-SAN_K_RACECHECK=${SAN_K_RACECHECK:-"size_one or (padded_bucket and single) or move_equals"}
+# memory or a barrier (commit, acceptance, the move, and the verify metadata's tl.sum at bs 17).
+SAN_K_RACECHECK=${SAN_K_RACECHECK:-"size_one or (padded_bucket and single) or move_equals or (writes_what_upstream and 17)"}
 declare -A SAN_T=([memcheck]=${SANITIZER_TIMEOUT:-180} [initcheck]=${SANITIZER_TIMEOUT:-150} [racecheck]=${SANITIZER_TIMEOUT:-300})
 if [[ ",$STEPS," == *",sanitizer,"* ]]; then
   command -v compute-sanitizer > /dev/null || echo "=== sanitizer: compute-sanitizer not on PATH"
