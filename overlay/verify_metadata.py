@@ -32,6 +32,9 @@ def _reproducible(backend, bs, seq_lens, req_pool_indices, custom_mask, mask_buf
     """The kernel writes exactly what upstream's method writes for these inputs."""
     if getattr(backend, "sliding_window_size", None):  # None or 0: no window
         return False
+    if any(getattr(backend, name, None) is None for name in
+           ("qo_indptr", "kv_indptr", "mask_indptr", "cuda_graph_kv_indices", "req_to_token")):
+        return False  # a backend without graph buffers (skip_prefill): upstream's error, if any
     fill = getattr(type(backend), "_fill_kv_indptr_and_indices", None)
     if getattr(fill, "__qualname__", "") != "TritonAttnBackend._fill_kv_indptr_and_indices":
         return False  # a subclass fills the KV indices its own way
