@@ -105,10 +105,12 @@ HOOKS = {
 }
 
 
+_SWITCHED_SITES = ("ngram_mask", "verify_metadata")  # each named like its Modes field
+
+
 def _wanted(name: str) -> bool:
     """A site switched off is not hooked at all: no wrapper on the step's path."""
-    switch = {"ngram_mask": "ngram_mask", "verify_metadata": "verify_metadata"}.get(name)
-    return switch is None or getattr(modes(), switch)
+    return name not in _SWITCHED_SITES or getattr(modes(), name)
 
 
 def register_all(adapter) -> None:
