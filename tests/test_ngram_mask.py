@@ -109,6 +109,7 @@ def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
 
     from sglang_nwor_scv import kernel_guard, ngram_mask
     from sglang_nwor_scv.kernels import ngram_mask as kernel
+    from tests.stand_ins import LaunchFails
 
     tree, seq_lens = _case(3, 4, [9, 2, 4], seed=11)
     big = torch.cat([tree, torch.zeros(4 * 16, dtype=torch.bool)]).to(DEVICE)  # max-bs buffer
@@ -116,18 +117,13 @@ def test_a_failing_kernel_steps_aside_to_upstreams_loop(monkeypatch, caplog):
     want = full_tree_mask_ref(tree, seq_lens, 4, device=DEVICE)
     assert torch.equal(ngram_mask.full_mask(big, batch, 4), want)  # the kernel
 
-    calls = []
-
-    def broken(*a, **k):
-        calls.append(1)
-        raise RuntimeError("no kernel image")
-
-    monkeypatch.setattr(kernel, "full_tree_mask", broken)
+    failing = LaunchFails("no kernel image")
+    monkeypatch.setattr(kernel, "_full_tree_mask_kernel", failing)
     monkeypatch.setattr(kernel_guard, "_failed", {})
     with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
         first = ngram_mask.full_mask(big, batch, 4)
         second = ngram_mask.full_mask(big, batch, 4)
     assert torch.equal(first, want) and torch.equal(second, want)
-    assert len(calls) == 1, "the kernel is not retried after a failure"
+    assert failing.calls == 1, "the kernel is not retried after a failure"
     lines = [r.getMessage() for r in caplog.records if "NGRAM mask kernel failed" in r.getMessage()]
     assert len(lines) == 1 and "no kernel image" in lines[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tests.stand_ins import Obj
+from tests.stand_ins import LaunchFails, Obj
 
 import pytest
 import torch
@@ -334,21 +334,6 @@ def test_patched_tree_and_plugin_both_active_is_said_once_per_runner(monkeypatch
     assert not any("both wire" in r.getMessage() for r in caplog.records)
 
 
-class _LaunchFails:
-    """Test-only fault: a Triton kernel whose launch fails on this machine (a GPU or Triton
-    build the CI never saw). Indexed by a grid it gives a launcher that raises before
-    queueing anything, as Triton does when compiling fails."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls += 1
-            raise RuntimeError("injected: out of resource: shared memory")
-        return launch
-
-
 def _committed_pool(seed, lens, idx, flush_whole=False):
     runner = _runner()
     fb = _verify_batch([10, 11, 12, 13, 20, 21, 22, 23])
@@ -376,7 +361,7 @@ def test_commit_kernel_that_cannot_launch_is_replaced_by_its_reference(monkeypat
     monkeypatch.setattr(kernel_guard, "_failed", {})
     lens, idx = _accept(2, [2, 1])
     want = [_committed_pool(seed, lens, idx, flush_whole) for seed in (0, 1)]
-    failing = _LaunchFails()
+    failing = LaunchFails()
     monkeypatch.setattr(commit_kv, "commit_accepted_kv_kernel", failing)
     with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
         got = [_committed_pool(seed, lens, idx, flush_whole) for seed in (0, 1)]
@@ -401,7 +386,7 @@ def test_move_kernel_that_cannot_launch_hands_the_move_to_upstream(monkeypatch, 
     lens, idx = _accept(1, [3])
     allocator = _allocator(runner)
     before = [b.clone() for b in [*runner.token_to_kv_pool.k_buffer, *runner.token_to_kv_pool.v_buffer]]
-    failing = _LaunchFails()
+    failing = LaunchFails()
     monkeypatch.setattr(move_kv, "_move_accepted_kv_kernel", failing)
     with caplog.at_level("WARNING", logger="sglang_nwor_scv"):
         assert not move.accept_move(fb, idx, lens - 1, allocator)

@@ -29,6 +29,7 @@ from sglang_nwor_scv import config, kernel_guard
 from sglang_nwor_scv import verify_metadata as site
 from sglang_nwor_scv.kernels import verify_metadata as vm
 from sglang_nwor_scv.versions import installed_sglang_version
+from tests.stand_ins import LaunchFails
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _METHODS = ("_update_target_verify_buffers", "_fill_kv_indptr_and_indices")
@@ -224,13 +225,8 @@ def test_configurations_the_kernel_does_not_reproduce_run_upstream(upstream_back
 
 def test_a_kernel_that_cannot_launch_hands_every_later_step_to_upstream(
         upstream_backend_class, switched_on, monkeypatch, caplog):
-    calls = []
-
-    def broken(*args, **kwargs):
-        calls.append(1)
-        raise RuntimeError("injected: no kernel image for this GPU")
-
-    monkeypatch.setattr(vm, "target_verify_buffers", broken)
+    failing = LaunchFails("injected: no kernel image for this GPU")
+    monkeypatch.setattr(vm, "_target_verify_buffers_kernel", failing)
     monkeypatch.setattr(kernel_guard, "_failed", {})
     want_b = _backend(upstream_backend_class, 4, 4, 64, 4)
     got_b = _backend(upstream_backend_class, 4, 4, 64, 4)
@@ -240,7 +236,7 @@ def test_a_kernel_that_cannot_launch_hands_every_later_step_to_upstream(
     with caplog.at_level(logging.WARNING, logger="sglang_nwor_scv"):
         for _ in range(3):
             got = site.update_target_verify_buffers(upstream, got_b, 3, seq_lens, rpi, spec)
-    assert len(calls) == 1  # never launched again
+    assert failing.calls == 1  # never launched again
     assert sum("verify metadata kernel failed" in r.message for r in caplog.records) == 1
     _same_result(want, got, got_b)
     w, g = _buffers(want_b), _buffers(got_b)
