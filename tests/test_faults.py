@@ -23,7 +23,7 @@ pytestmark = pytest.mark.engine
 
 FAULTS = str(REPO / "tests" / "fault_injection")
 FAULT_KERNELS = ("_full_tree_mask_kernel", "_verify_accept_greedy_kernel", "commit_accepted_kv_kernel",
-                 "_move_accepted_kv_kernel")
+                 "_move_accepted_kv_kernel", "_target_verify_buffers_kernel")
 
 
 @pytest.mark.parametrize("spec", ["ngram-tree", "standalone-chain"])
@@ -97,7 +97,8 @@ def test_plugin_kernels_that_cannot_launch_leave_upstream_serving(tiny_models, t
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     log, totals = tmp_path / "on.faults", tmp_path / "on.totals.json"
     env = {"NWOR_SCV_FAULT": "kernels_fail", "NWOR_SCV_FAULT_LOG": str(log),
-           "SGLANG_NWOR_SCV_TOTALS": str(totals)}
+           "SGLANG_NWOR_SCV_TOTALS": str(totals),
+           "SGLANG_SCV_VERIFY_METADATA": "1"}  # opt-in; hooked on 0.5.17 (the GPU machines)
     kw = dict(extra_pythonpath=(FAULTS,), extra_plugins=("fault_injection",), max_new_tokens=20)
     off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, **kw)
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, extra_env=env, **kw)
