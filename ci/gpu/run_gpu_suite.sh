@@ -58,8 +58,8 @@ step engine "${ENGINE_TIMEOUT:-420}" python3 -m pytest -q -s -p no:cacheprovider
 step flashinfer "${FLASHINFER_TIMEOUT:-540}" python3 -m pytest -q -s -p no:cacheprovider \
   tests/gpu/test_engine_gpu.py -k flashinfer --junitxml="$OUT/flashinfer.xml"
 # About 75 s a test on an H200, 85-200 s on an H100 (three engines each; run 38 was cut at
-# 120 s, run 40's STANDALONE NaN test took 197 s). One pytest process per test: a cut step loses pytest's failure summary (run 31), a
-# finished test prints its own failure.
+# 120 s, run 40's STANDALONE NaN test took 197 s). One pytest process per test: a cut step
+# loses pytest's failure summary (run 31), a finished test prints its own failure.
 if [[ ",$STEPS," == *",faults,"* ]]; then
   for node in $(python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_faults.py | grep '::'); do
     test=${node#*::}; xml=$OUT/faults-$(printf %s "$test" | tr -c 'A-Za-z0-9_.-' '_').xml
