@@ -89,11 +89,13 @@ def _target_verify_buffers_kernel(qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, 
             tl.store(kv_indices_ptr + start + k, slots.to(kv_indices_ptr.dtype.element_ty),
                      mask=in_row)
     else:
+        # names of their own: Triton merges a name bound in both branches and requires one
+        # type (the gather loop's counters are int64, these int32 then int64)
         c0 = (pid - bs).to(tl.int64) * MASK_CHUNK
-        for k0 in range(0, MASK_CHUNK, BLOCK):
-            k = c0 + k0 + tl.arange(0, BLOCK)
-            inside = k < mask_len
-            tl.store(mask_out_ptr + k, tl.load(mask_in_ptr + k, mask=inside), mask=inside)
+        for m0 in range(0, MASK_CHUNK, BLOCK):
+            m = c0 + m0 + tl.arange(0, BLOCK)
+            inside = m < mask_len
+            tl.store(mask_out_ptr + m, tl.load(mask_in_ptr + m, mask=inside), mask=inside)
 
 
 def target_verify_buffers(qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_buffer,
