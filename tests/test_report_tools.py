@@ -409,8 +409,9 @@ def _suite_summary():
 
 
 def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
-    """ci/gpu/summarize.py: one row per compute-sanitizer tool, its own ERROR SUMMARY
-    count (the last one in the log), and a cut run (no summary) said as such."""
+    """ci/gpu/summarize.py: one row per compute-sanitizer tool, the error count of its own
+    summary (the last one in the log; racecheck words it its own way), and a cut run (no
+    summary) said as such."""
     summarize = _suite_summary()
     san = tmp_path / "sanitizer"
     san.mkdir()
@@ -418,13 +419,18 @@ def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
     (san / "memcheck.xml").write_text(
         '<testsuites><testsuite><testcase classname="t" name="a"/>'
         '<testcase classname="t" name="b"><failure message="x"/></testcase></testsuite></testsuites>')
-    (san / "racecheck.log").write_text("========= ERROR SUMMARY: 2 errors\n"
+    (san / "initcheck.log").write_text("========= ERROR SUMMARY: 2 errors\n"
                                        "========= ERROR SUMMARY: 3 errors\n")
-    (san / "initcheck.log").write_text("========= COMPUTE-SANITIZER\n")
+    # racecheck's own summary line, as run 43 (H100) printed it
+    (san / "racecheck.log").write_text(
+        "========= COMPUTE-SANITIZER\n"
+        "========= RACECHECK SUMMARY: 4 hazards displayed (1 error, 3 warnings)\n")
+    (san / "synccheck.log").write_text("========= COMPUTE-SANITIZER\n")
     rows = {tool: (errors, tests) for tool, errors, tests in summarize.sanitizer_rows(tmp_path)}
     assert rows["memcheck"] == ("0", str({"pass": 1, "FAIL": 1, "skip": 0}))
-    assert rows["racecheck"][0] == "3"
-    assert rows["initcheck"][0].startswith("no summary")
+    assert rows["initcheck"][0] == "3"
+    assert rows["racecheck"][0] == "1"
+    assert rows["synccheck"][0].startswith("no summary")
 
 
 def test_suite_summary_reads_one_result_file_per_fault_test(tmp_path):

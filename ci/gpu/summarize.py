@@ -31,11 +31,14 @@ def step_cases(out: Path, name: str) -> list[tuple[str, str]]:
 
 def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
     """(tool, errors, tests) per compute-sanitizer log of the suite's sanitizer step. The
-    error count is the sanitizer's own ``ERROR SUMMARY`` (its last, whole-process one);
-    a log without it means the run was cut."""
+    error count is the sanitizer's own summary (its last, whole-process one): ``ERROR
+    SUMMARY: N errors``, or racecheck's ``RACECHECK SUMMARY: H hazards displayed (N errors,
+    W warnings)`` (run 43: racecheck prints no ERROR SUMMARY); a log without one was cut."""
     rows = []
     for log in sorted((out / "sanitizer").glob("*.log")):
-        found = re.findall(r"ERROR SUMMARY: (\d+) error", log.read_text(errors="replace"))
+        found = re.findall(r"ERROR SUMMARY: (\d+) error|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error",
+                           log.read_text(errors="replace"))
+        found = [a or b for a, b in found]
         cases = junit(log.with_suffix(".xml"))
         counts = {s: sum(1 for _, st in cases if st == s) for s in ("pass", "FAIL", "skip")}
         rows.append((log.stem, found[-1] if found else "no summary (cut?)", str(counts)))
