@@ -23,6 +23,10 @@ except ImportError:  # pragma: no cover
 if not HAS_CUDA:
     # Triton kernels run under the interpreter on the CPU; set before triton is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # ...and each kernel a test launches is also compiled for the H100 (tests/hopper_compile.py)
+    from tests import hopper_compile
+
+    hopper_compile.install()
 
 
 def pytest_collection_modifyitems(config, items):
