@@ -96,9 +96,9 @@ def test_plugin_kernels_that_cannot_launch_leave_upstream_serving(tiny_models, t
     torch reference; outputs equal upstream's, every step checked, each kernel tried once."""
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     log, totals = tmp_path / "on.faults", tmp_path / "on.totals.json"
+    # defaults: the verify-metadata kernel is among them where it is hooked (0.5.17, GPU machines)
     env = {"NWOR_SCV_FAULT": "kernels_fail", "NWOR_SCV_FAULT_LOG": str(log),
-           "SGLANG_NWOR_SCV_TOTALS": str(totals),
-           "SGLANG_SCV_VERIFY_METADATA": "1"}  # opt-in; hooked on 0.5.17 (the GPU machines)
+           "SGLANG_NWOR_SCV_TOTALS": str(totals)}
     kw = dict(extra_pythonpath=(FAULTS,), extra_plugins=("fault_injection",), max_new_tokens=20)
     off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, **kw)
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, extra_env=env, **kw)

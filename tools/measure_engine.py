@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.engine_run import REPO, SPEC_CONFIGS, engine_kwargs, has_cuda  # noqa: E402
 from tools.engine_run import prepare_process_env, restore_env  # noqa: E402
 
-_NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off"}
+_NO_VERIFY_METADATA = {"SGLANG_SCV_VERIFY_METADATA": "off"}
+_NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off", **_NO_VERIFY_METADATA}  # the replay-glue kernels
 _OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK}
 _NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
 MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave the rest off
@@ -55,8 +56,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "upstream": (True, _OFF),
     "upstream-native-move": (True, {**_OFF, **_NATIVE}),
     "default": (True, {}),
-    # the default plus the one-launch verify-graph metadata (off by default until proven)
-    "default-verify-metadata": (True, {"SGLANG_SCV_VERIFY_METADATA": "1"}),
+    # the default before 2026-12-06: upstream's ops fill a replayed verify graph's metadata
+    "default-no-verify-metadata": (True, _NO_VERIFY_METADATA),
     "default-no-mask": (True, _NO_MASK),
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK}),
@@ -66,7 +67,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
 }
 PLAIN_DECODING = frozenset({"no-spec"})
 ALIASES = {"off": "upstream", "nwor+scv": "default", "nwor_off_scv_off": "upstream",
-           "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default"}
+           "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default",
+           "default-verify-metadata": "default"}
 
 
 def mode_name(mode: str) -> str:

@@ -27,14 +27,14 @@ L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 51
   --target-ci-points 2 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
 if [ "${LATENCY_PART:-main}" = verify-metadata ]; then
-  # the one-launch verify-graph metadata (SGLANG_SCV_VERIFY_METADATA=1, off by default): its
+  # the one-launch verify-graph metadata (SGLANG_SCV_VERIFY_METADATA, on by default): its
   # kernel against 0.5.17's own method at real shapes first, then the default with and
   # without it beside plugin-off (the better upstream baseline at bs 1; the native move too
   # where the card holds four engines) at bs 1 and 32; VM_SHAPE=small: the 1B shape
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_verify_metadata.py \
     > "$OUT/vm_tests.txt" 2>&1; tail -n 3 "$OUT/vm_tests.txt"
-  M=plugin-off,default,default-verify-metadata; S=()
-  [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,default,default-verify-metadata
+  M=plugin-off,default-no-verify-metadata,default; S=()
+  [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,default-no-verify-metadata,default
   [ "${VM_SHAPE:-}" = small ] && S=(--model llama3.2-1b --layers 16)
   timeout -k 15 450 "${L[@]}" "${S[@]}" --out "$OUT/v" --modes "$M" --bs 1,32 --repeats 40 \
     --deadline-s 430 > "$OUT/v.log" 2>&1

@@ -149,10 +149,10 @@ def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
 
 
 def test_verify_metadata_kernel_identity_under_graphs(tiny_models, tmp_path):
-    """SGLANG_SCV_VERIFY_METADATA=1: each replayed verify graph's Triton attention metadata
-    from one kernel; outputs identical to upstream's, invariants every step, and the kernel
-    really filled the replayed steps (its counter)."""
-    off, on, t = _graph_tree_run("VERIFY-METADATA", {"SGLANG_SCV_VERIFY_METADATA": "1"},
+    """By default (SGLANG_SCV_VERIFY_METADATA on): each replayed verify graph's Triton attention
+    metadata from one kernel; outputs identical to upstream's, invariants every step, and the
+    kernel really filled the replayed steps (its counter)."""
+    off, on, t = _graph_tree_run("VERIFY-METADATA", {},
                                  tiny_models, tmp_path / "totals.json")
     assert off.outputs == on.outputs
     assert t["verify_metadata_kernel"] > 0, t
