@@ -33,7 +33,7 @@ def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
     """(tool, errors, tests) per compute-sanitizer log of the suite's sanitizer step. The
     error count is the sanitizer's own summary (its last, whole-process one): ``ERROR
     SUMMARY: N errors``, or racecheck's ``RACECHECK SUMMARY: H hazards displayed (N errors,
-    W warnings)`` (run 43: racecheck prints no ERROR SUMMARY); a log without one was cut."""
+    W warnings)`` (run 44: racecheck prints no ERROR SUMMARY); a log without one was cut."""
     rows = []
     for log in sorted((out / "sanitizer").glob("*.log")):
         found = re.findall(r"ERROR SUMMARY: (\d+) error|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error",
