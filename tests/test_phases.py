@@ -188,6 +188,28 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
         merge_runs([report("H100", [10]), report("H200", [10])])
 
 
+def test_feature_modes_are_paired_against_the_default():
+    """A mode that turns one feature of the default off is compared with the default too
+    (what that feature alone does), paired per round; baselines and plain decoding are not."""
+    from tools.measure_latency import markdown, summarize
+
+    modes = ["plugin-off", "default-no-verify-metadata", "default"]
+    # rounds drift from 10 to 50 ms; within each round the kernel-off default is 2% slower
+    runs = [{"mode": m, "bs": 1, "repeat": r, "ms_per_step": base * f, "ms_per_token": base * f / 2,
+             "gpu_active": None, "phases": {}}
+            for r, base in enumerate([10, 20, 30, 40, 50])
+            for m, f in (("plugin-off", 1.05), ("default-no-verify-metadata", 1.02), ("default", 1.0))]
+    points = {p["mode"]: p for p in summarize(runs, modes, [1])}
+    d = points["default-no-verify-metadata"]["vs_default"]
+    assert d["called"] and abs(d["median"] - 0.02) < 1e-9 and d["n"] == 5
+    assert "vs_default" not in points["plugin-off"] and "vs_default" not in points["default"]
+    meta = {"card": "c", "model": "m", "spec": "s", "repeats": 5, "tokens": 8, "acceptance": "a",
+            "versions": "v", "command": "x"}
+    text = markdown(meta, list(points.values()))
+    assert "## Plugin modes against the default" in text
+    assert "| 1 | `default-no-verify-metadata` | **+2.0%" in text
+
+
 def test_staging_budget_alone_is_what_one_engine_gets_and_stages_bs_128():
     """Resident engines share the card and get small pools, so the latency tool gives plugin
     modes the staging budget an engine gets with the card to itself. On H100 run 20's card

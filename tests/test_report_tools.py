@@ -421,7 +421,7 @@ def test_suite_summary_reads_the_sanitizer_logs(tmp_path):
         '<testcase classname="t" name="b"><failure message="x"/></testcase></testsuite></testsuites>')
     (san / "initcheck.log").write_text("========= ERROR SUMMARY: 2 errors\n"
                                        "========= ERROR SUMMARY: 3 errors\n")
-    # racecheck's own summary line, as run 44 (H100) printed it (with errors)
+    # racecheck's own summary line in run 44's (H100) wording, here with an error
     (san / "racecheck.log").write_text(
         "========= COMPUTE-SANITIZER\n"
         "========= RACECHECK SUMMARY: 4 hazards displayed (1 error, 3 warnings)\n")

@@ -306,7 +306,10 @@ def summarize(runs: list[dict], modes: list[str], bs_list: list[int]) -> list[di
                  "phases_us": _median_phases([r["phases"] for r in mine.values()])}
             lo, hi = p["ms_per_step_ci95"]
             p["ci_width_pct"] = 100 * (hi - lo) / p["ms_per_step"]
-            for base in (*BASELINES, "no-spec"):
+            # a plugin mode that turns one feature of the default off (or on) is compared with
+            # the default itself too: what that feature alone does, paired per round
+            against_default = ("default",) if m not in (*BASELINES, *PLAIN_DECODING) else ()
+            for base in (*BASELINES, "no-spec", *against_default):
                 if base == m or not by_mode.get(base):
                     continue
                 key = "ms_per_token" if "no-spec" in (m, base) else "ms_per_step"
@@ -399,6 +402,13 @@ def markdown(meta: dict, points: list[dict]) -> str:
     def named(names):  # the phases this run has (an EAGLE run has no spec.ngram.*)
         return " + ".join(f"`{n}`" for n in names if n in seen) or "none"
 
+    against = [p for p in points if p.get("vs_default")]
+    if against:
+        lines += ["", "## Plugin modes against the default", "",
+                  "What one feature does: each plugin mode's ms per verify step against `default`'s, "
+                  "paired per repeat round (negative: the mode is faster than the default).", "",
+                  "| bs | mode | vs `default` |", "|---|---|---|"]
+        lines += [f"| {p['bs']} | `{p['mode']}` | {_diff(p['vs_default'])} |" for p in against]
     lines += ["", "## Where the step goes: GPU idle against the host phases around the verify launch", "",
               "GPU idle = iteration x (1 - GPM graphics activity). SGLang's overlap loop "
               "launches a step, then processes the previous step's output and schedules while "
