@@ -29,6 +29,9 @@ def step_cases(out: Path, name: str) -> list[tuple[str, str]]:
     return [row for part in parts for row in junit(part)]
 
 
+_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error")
+
+
 def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
     """(tool, errors, tests) per compute-sanitizer log of the suite's sanitizer step. The
     error count is the sanitizer's own summary (its last, whole-process one): ``ERROR
@@ -36,9 +39,7 @@ def sanitizer_rows(out: Path) -> list[tuple[str, str, str]]:
     W warnings)`` (run 44: racecheck prints no ERROR SUMMARY); a log without one was cut."""
     rows = []
     for log in sorted((out / "sanitizer").glob("*.log")):
-        found = re.findall(r"ERROR SUMMARY: (\d+) error|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error",
-                           log.read_text(errors="replace"))
-        found = [a or b for a, b in found]
+        found = [a or b for a, b in _SUMMARY.findall(log.read_text(errors="replace"))]
         cases = junit(log.with_suffix(".xml"))
         counts = {s: sum(1 for _, st in cases if st == s) for s in ("pass", "FAIL", "skip")}
         rows.append((log.stem, found[-1] if found else "no summary (cut?)", str(counts)))
