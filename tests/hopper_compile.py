@@ -9,7 +9,8 @@ and its bundled ptxas need no GPU, so the CPU CI can catch that class of error.
 ``install()`` wraps the interpreter's launch. The first launch of each distinct signature is
 compiled in one spawned worker process (kernels must be imported there without the
 interpreter: the compiler needs real ``JITFunction`` callees; a worker killed by an engine
-test's shutdown, which kills its process's children, is replaced), and a compile error is raised
+test's shutdown, which kills its process's children, is replaced), and a compile error is
+raised
 from the launch, so the launching test fails (or, through ``kernel_guard``, its site falls
 back to upstream and the test's check of the kernel path fails). Switch off with
 ``NWOR_SCV_HOPPER_COMPILE=0``.
@@ -53,9 +54,10 @@ def launch_signature(py_fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict
     options (``num_warps`` and the like: keywords that name no parameter)."""
     from triton.runtime.jit import mangle_type
 
-    params = inspect.signature(py_fn).parameters
+    spec = inspect.signature(py_fn)
+    params = spec.parameters
     options = {k: v for k, v in kwargs.items() if k not in params}
-    bound = inspect.signature(py_fn).bind(*args, **{k: v for k, v in kwargs.items() if k in params})
+    bound = spec.bind(*args, **{k: v for k, v in kwargs.items() if k in params})
     bound.apply_defaults()
     signature, constexprs = {}, {}
     for i, (name, param) in enumerate(params.items()):
