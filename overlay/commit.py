@@ -129,6 +129,7 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     counts = scv.take_counts()
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(),
+                   ngram_draft_kernel=ngram_mask.take_count("draft"),
                    verify_metadata_kernel=verify_metadata.take_count(), host_syncs=sync_check.take())
     st.flushed_at = st.verify_steps
     per_step = modes().per_step

@@ -135,6 +135,10 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_SCV_NGRAM_MASK", "ngram_mask", "boolean", "1",
            "NGRAM: build the full verify mask in one kernel instead of upstream's per-request "
            "loop (bit-identical; upstream's loop is most of NGRAM's draft time at bs >= 32)", _bool),
+    Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "0",
+           "NGRAM, with `SGLANG_SCV_NGRAM_MASK` on: the tree links, the full mask and the draft "
+           "tokens' cache locations in one kernel instead of three launches (bit-identical on "
+           "the CPU; plugin only; off until a GPU run proves it)", _bool),
     Switch("SGLANG_SCV_VERIFY_METADATA", "verify_metadata", "boolean", "1",
            "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
            "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
@@ -177,6 +181,7 @@ class Modes:
     graph_max_mb: int | None = None  # None: auto
     move: bool = True
     ngram_mask: bool = True
+    ngram_draft: bool = False
     verify_metadata: bool = True
     debug: bool = False
     step_log: str | None = None
@@ -206,7 +211,7 @@ class Modes:
 
 
 STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False,
-                   verify_metadata=False)
+                   ngram_draft=False, verify_metadata=False)
 
 
 def parse(environ: Mapping[str, str]) -> Modes:

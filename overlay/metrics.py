@@ -28,6 +28,8 @@ _NAMES = {
     "scv_fallback": ("sglang:scv_fallbacks", "Verify steps SCV handed back to upstream"),
     "ngram_mask_kernel": ("sglang:scv_ngram_mask_kernel_steps", "NGRAM verify steps whose full "
                           "mask one kernel built (upstream's per-request loop not run)"),
+    "ngram_draft_kernel": ("sglang:scv_ngram_draft_kernel_steps", "NGRAM verify steps whose tree "
+                           "links, full mask and cache locations one kernel wrote"),
     "verify_metadata_kernel": ("sglang:scv_verify_metadata_kernel_steps", "Replayed verify "
                                "graphs whose attention metadata one kernel filled"),
     "host_syncs": ("sglang:nwor_scv_host_syncs", "Host syncs inside the plugin's sites (sync check on)"),

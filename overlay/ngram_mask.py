@@ -26,7 +26,9 @@ from sglang_nwor_scv import kernel_guard
 from sglang_nwor_scv.config import modes
 
 logger = logging.getLogger("sglang_nwor_scv")
-_counts = {"kernel": 0}
+_counts = {"kernel": 0, "draft": 0}
+# upstream's names for the reconstruct op: 0.5.17 calls sgl_kernel's, 0.5.23 its wrapper
+_RECONSTRUCT = ("reconstruct_indices_from_tree_mask", "reconstruct_indices_from_tree_mask_func")
 
 
 def wanted(batch) -> bool:
@@ -61,17 +63,80 @@ def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     if not (getattr(module, "USE_FULL_MASK", False) and not getattr(module, "_is_cpu", True)
             and batch.forward_mode.is_decode() and wanted(batch)):  # upstream converts decode only
         return original(worker, batch, *args, **kwargs)
+    fused = _FusedDraft(module, batch) if modes().ngram_draft else None
     module.USE_FULL_MASK = False  # one scheduler thread: restored before anyone else reads it
     try:
+        if fused is not None:
+            fused.bind()
         out = original(worker, batch, *args, **kwargs)
     finally:
         module.USE_FULL_MASK = True
+        if fused is not None:
+            fused.unbind()
     if batch.forward_mode.is_target_verify():
         spec = batch.spec_info
-        spec.custom_mask = full_mask(spec.custom_mask, batch, spec.draft_token_num)
+        if fused is not None and fused.mask is not None:
+            spec.custom_mask = fused.mask
+            _counts["kernel"] += 1
+        else:
+            spec.custom_mask = full_mask(spec.custom_mask, batch, spec.draft_token_num)
     return out
 
 
-def take_count() -> int:
-    n, _counts["kernel"] = _counts["kernel"], 0
+class _FusedDraft:
+    """``SGLANG_SCV_NGRAM_DRAFT``: for one call of upstream's method, its reconstruct op and
+    ``assign_extend_cache_locs_func`` (module-level names) are rebound. The first launches
+    kernels/ngram_draft.py, which also writes the full mask and the cache locations; the
+    second hands those locations back when asked for this batch's. Anything else, or a
+    kernel that fails (then for good, one log line), runs upstream's functions."""
+
+    def __init__(self, module, batch):
+        self.module, self.batch = module, batch
+        self.name = next((n for n in _RECONSTRUCT if hasattr(module, n)), None)
+        self.mask = self.locs = None
+
+    def bind(self) -> None:
+        if self.name is None or not hasattr(self.module, "assign_extend_cache_locs_func"):
+            return
+        self.reconstruct = getattr(self.module, self.name)
+        self.cache_locs = self.module.assign_extend_cache_locs_func
+        setattr(self.module, self.name, self._reconstruct)
+        self.module.assign_extend_cache_locs_func = self._cache_locs
+
+    def unbind(self) -> None:
+        if self.name is not None and hasattr(self, "reconstruct"):
+            setattr(self.module, self.name, self.reconstruct)
+            self.module.assign_extend_cache_locs_func = self.cache_locs
+
+    def _reconstruct(self, tree_mask, seq_lens, positions, retrieve_index, retrieve_next_token,
+                     retrieve_next_sibling, bs, num_draft):
+        batch = self.batch
+        if seq_lens is batch.seq_lens and bs == len(batch.reqs) and kernel_guard.usable("NGRAM draft"):
+            from sglang_nwor_scv.kernels.ngram_draft import ngram_draft
+
+            try:
+                self.mask, self.locs = ngram_draft(
+                    tree_mask, seq_lens, batch.seq_lens_cpu, batch.req_pool_indices,
+                    batch.req_to_token_pool.req_to_token, positions, retrieve_index,
+                    retrieve_next_token, retrieve_next_sibling, bs, num_draft)
+                _counts["draft"] += 1
+                return None
+            except Exception as e:  # never take the server down for an optimisation
+                kernel_guard.record_failure("NGRAM draft", e, "upstream's ops build the verify inputs")
+                self.mask = self.locs = None
+        return self.reconstruct(tree_mask, seq_lens, positions, retrieve_index, retrieve_next_token,
+                                retrieve_next_sibling, bs, num_draft)
+
+    def _cache_locs(self, *args, **kwargs):
+        batch = self.batch
+        if (self.locs is not None and not args and kwargs.get("req_pool_indices") is batch.req_pool_indices
+                and kwargs.get("start_offset") is batch.seq_lens
+                and kwargs.get("req_to_token") is batch.req_to_token_pool.req_to_token
+                and kwargs.get("batch_size") == len(batch.reqs)):
+            return self.locs
+        return self.cache_locs(*args, **kwargs)
+
+
+def take_count(kind: str = "kernel") -> int:
+    n, _counts[kind] = _counts[kind], 0
     return n

@@ -22,8 +22,8 @@ from tools.make_tiny_models import encode
 pytestmark = pytest.mark.engine
 
 FAULTS = str(REPO / "tests" / "fault_injection")
-FAULT_KERNELS = ("_full_tree_mask_kernel", "_verify_accept_greedy_kernel", "commit_accepted_kv_kernel",
-                 "_move_accepted_kv_kernel", "_target_verify_buffers_kernel")
+FAULT_KERNELS = ("_ngram_draft_kernel", "_full_tree_mask_kernel", "_verify_accept_greedy_kernel",
+                 "commit_accepted_kv_kernel", "_move_accepted_kv_kernel", "_target_verify_buffers_kernel")
 
 
 @pytest.mark.parametrize("spec", ["ngram-tree", "standalone-chain"])
@@ -96,9 +96,11 @@ def test_plugin_kernels_that_cannot_launch_leave_upstream_serving(tiny_models, t
     torch reference; outputs equal upstream's, every step checked, each kernel tried once."""
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     log, totals = tmp_path / "on.faults", tmp_path / "on.totals.json"
-    # defaults: the verify-metadata kernel is among them where it is hooked (0.5.17, GPU machines)
+    # defaults (the verify-metadata kernel among them where it is hooked: 0.5.17, the GPU
+    # machines), plus the opt-in NGRAM draft kernel, whose failure hands its step to
+    # upstream's reconstruct and cache locations and the mask kernel (failing next)
     env = {"NWOR_SCV_FAULT": "kernels_fail", "NWOR_SCV_FAULT_LOG": str(log),
-           "SGLANG_NWOR_SCV_TOTALS": str(totals)}
+           "SGLANG_NWOR_SCV_TOTALS": str(totals), "SGLANG_SCV_NGRAM_DRAFT": "1"}
     kw = dict(extra_pythonpath=(FAULTS,), extra_plugins=("fault_injection",), max_new_tokens=20)
     off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, **kw)
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, extra_env=env, **kw)
@@ -107,7 +109,7 @@ def test_plugin_kernels_that_cannot_launch_leave_upstream_serving(tiny_models, t
     assert len(tried) == len(set(tried)), ("a kernel was launched again after failing", tried)
     # the move launches only for steps NWOR did not commit (none here, unless a GPU bucket
     # was left unstaged)
-    assert {"_full_tree_mask_kernel", "_verify_accept_greedy_kernel",
+    assert {"_ngram_draft_kernel", "_full_tree_mask_kernel", "_verify_accept_greedy_kernel",
             "commit_accepted_kv_kernel"} <= set(tried) <= set(FAULT_KERNELS), tried
     assert on.outputs == off.outputs, (on.outputs, off.outputs)
     assert on.steps and all(s["ok"] and s["committed"] == s["accepted"] for s in on.steps), on.steps

@@ -61,6 +61,23 @@ def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_pa
     assert t["ngram_mask_kernel"] > 0 and t["violations"] == 0, t
 
 
+@pytest.mark.engine
+def test_engine_outputs_identical_with_the_draft_kernel(tiny_models, tmp_path):
+    """SGLANG_SCV_NGRAM_DRAFT=1: tree links, full mask and cache locations of every NGRAM
+    verify step from one launch (kernels/ngram_draft.py) in the real engine; outputs equal
+    upstream's and the invariants hold (the cache locations decide where the KV goes)."""
+    prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
+    totals = tmp_path / "totals.json"
+    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
+    on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
+                    extra_env={"SGLANG_SCV_NGRAM_DRAFT": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
+                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1", "SGLANG_NWOR_SCV_DEBUG": "1"})
+    assert on.outputs == off.outputs
+    t = json.loads(totals.read_text())
+    assert t["ngram_draft_kernel"] == t["ngram_mask_kernel"] == t["verify_steps"] > 0, t
+    assert t["violations"] == 0, t
+
+
 @pytest.mark.parametrize("switch,hooked", [("0", False), ("1", True)])
 def test_the_mask_site_is_hooked_only_when_switched_on(monkeypatch, switch, hooked):
     from sglang.srt.plugins.hook_registry import HookRegistry

@@ -59,6 +59,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     # the default before 2026-12-06: upstream's ops fill a replayed verify graph's metadata
     "default-no-verify-metadata": (True, _NO_VERIFY_METADATA),
     "default-no-mask": (True, _NO_MASK),
+    # the default plus NGRAM's verify inputs from one launch (off by default until proven)
+    "default-ngram-draft": (True, {"SGLANG_SCV_NGRAM_DRAFT": "1"}),
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK}),

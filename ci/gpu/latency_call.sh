@@ -11,6 +11,7 @@
 #       the host-bound case, where issue 14 asks for -20%)
 #   LATENCY_PART=verify-metadata [VM_SHAPE=small] bash ci/gpu/latency_call.sh OUT  (the
 #       one-launch verify-graph metadata: its GPU tests, then default with and without it)
+#   LATENCY_PART=ngram-draft [VM_SHAPE=small] ...  (the same for the opt-in NGRAM draft kernel)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -26,15 +27,22 @@ bash ci/gpu/card.sh "$OUT"
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 \
   --target-ci-points 2 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${LATENCY_PART:-main}" = verify-metadata ]; then
-  # the one-launch verify-graph metadata (SGLANG_SCV_VERIFY_METADATA, on by default): its
-  # kernel against 0.5.17's own method at real shapes first, then the default with and
-  # without it beside plugin-off (the better upstream baseline at bs 1; the native move too
-  # where the card holds four engines) at bs 1 and 32; VM_SHAPE=small: the 1B shape
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_verify_metadata.py \
-    > "$OUT/vm_tests.txt" 2>&1; tail -n 3 "$OUT/vm_tests.txt"
-  M=plugin-off,default-no-verify-metadata,default; S=()
-  [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,default-no-verify-metadata,default
+if [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" = ngram-draft ]; then
+  # one feature of the default with and without it: the one-launch verify-graph metadata
+  # (SGLANG_SCV_VERIFY_METADATA, on by default) or NGRAM's draft inputs in one launch
+  # (SGLANG_SCV_NGRAM_DRAFT, opt-in). Its kernel tests at real shapes first (against
+  # upstream's own ops), then the two modes beside plugin-off (the better upstream baseline
+  # at bs 1; the native move too where the card holds four engines) at bs 1 and 32;
+  # VM_SHAPE=small: the 1B shape
+  if [ "$LATENCY_PART" = verify-metadata ]; then
+    T=tests/test_verify_metadata.py; F=default-no-verify-metadata,default
+  else
+    T=tests/test_ngram_draft.py; F=default,default-ngram-draft
+  fi
+  timeout 120 python3 -m pytest -q -p no:cacheprovider "$T" > "$OUT/feature_tests.txt" 2>&1
+  tail -n 3 "$OUT/feature_tests.txt"
+  M=plugin-off,$F; S=()
+  [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,$F
   [ "${VM_SHAPE:-}" = small ] && S=(--model llama3.2-1b --layers 16)
   timeout -k 15 450 "${L[@]}" "${S[@]}" --out "$OUT/v" --modes "$M" --bs 1,32 --repeats 40 \
     --deadline-s 430 > "$OUT/v.log" 2>&1

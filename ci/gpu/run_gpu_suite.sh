@@ -45,7 +45,7 @@ python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 KERNEL_TESTS=${KERNEL_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
   tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_commit_kv.py \
   tests/gpu/bench_verify_accept.py tests/gpu/bench_move_kv.py tests/gpu/bench_ngram_mask.py tests/gpu/bench_sampling_path.py tests/bench_host_cost.py \
-  tests/test_counter_reads.py tests/test_verify_metadata.py}
+  tests/test_counter_reads.py tests/test_verify_metadata.py tests/test_ngram_draft.py}
 step kernels "${KERNELS_TIMEOUT:-240}" python3 -m pytest -q -s -p no:cacheprovider $KERNEL_TESTS \
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"
@@ -90,7 +90,7 @@ step latency "${LATENCY_TIMEOUT:-560}" python3 tools/measure_latency.py --out "$
 # one device call.
 SAN_TESTS=${SAN_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
   tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_ngram_mask.py \
-  tests/test_verify_metadata.py}
+  tests/test_verify_metadata.py tests/test_ngram_draft.py}
 SAN_K=${SAN_K:-"not every_16bit and not fp32_source and not sync and not one_launch and not cuda_graph and not host_us"}
 # racecheck is the slowest (run 30: 6 small tests in 150 s; H100 run 41: its 10 tests in 193 s,
 # then the 200 s limit cut the tool before its summary): one edge test per kernel with shared

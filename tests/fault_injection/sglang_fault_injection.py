@@ -99,6 +99,7 @@ _PLUGIN_KERNELS = {"sglang_nwor_scv.kernels.commit_kv": "commit_accepted_kv_kern
                    "sglang_nwor_scv.kernels.verify_accept": "_verify_accept_greedy_kernel",
                    "sglang_nwor_scv.kernels.move_kv": "_move_accepted_kv_kernel",
                    "sglang_nwor_scv.kernels.ngram_mask": "_full_tree_mask_kernel",
+                   "sglang_nwor_scv.kernels.ngram_draft": "_ngram_draft_kernel",
                    "sglang_nwor_scv.kernels.verify_metadata": "_target_verify_buffers_kernel"}
 
 

@@ -148,6 +148,17 @@ def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
     _check_steps(on.steps, graph=True)
 
 
+def test_ngram_draft_kernel_identity_under_graphs(tiny_models, tmp_path):
+    """SGLANG_SCV_NGRAM_DRAFT=1 (opt-in): NGRAM's tree links, full mask and cache locations
+    from one kernel, CUDA graphs on; outputs identical to upstream's, invariants every step,
+    and the kernel ran on every verify step."""
+    off, on, t = _graph_tree_run("NGRAM-DRAFT", {"SGLANG_SCV_NGRAM_DRAFT": "1"}, tiny_models,
+                                 tmp_path / "totals.json")
+    assert off.outputs == on.outputs
+    assert t["ngram_draft_kernel"] == t["verify_steps"] > 0, t
+    _check_steps(on.steps, graph=True)
+
+
 def test_verify_metadata_kernel_identity_under_graphs(tiny_models, tmp_path):
     """By default (SGLANG_SCV_VERIFY_METADATA on): each replayed verify graph's Triton attention
     metadata from one kernel; outputs identical to upstream's, invariants every step, and the

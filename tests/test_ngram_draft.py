@@ -1,0 +1,132 @@
+"""NGRAM's verify inputs in one launch (kernels/ngram_draft.py): the kernel against its torch
+reference, and the reference against upstream's own three steps.
+
+Upstream's steps: the tree-link reconstruction (on a GPU machine ``sgl_kernel``'s CUDA op,
+the one 0.5.17 calls; on the CPU SGLang 0.5.23's Triton port of it, compiled from its
+source because the module imports ``sgl_kernel`` at the top), the full mask
+(``full_tree_mask_ref``, upstream's loop) and ``assign_extend_cache_locs`` (SGLang's Triton
+kernel, installed). Trees come from random draft trees (each node's parent earlier in
+order, as NGRAM's BFS trees are) and from raw random masks (the contract holds for any
+mask). Every output buffer starts filled with a sentinel.
+"""
+
+from __future__ import annotations
+
+import __future__
+import ast
+
+import pytest
+import torch
+import triton
+
+from sglang_nwor_scv.kernels import ngram_draft as nd
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SENTINEL = -77
+
+
+def _tree_mask(bs: int, n: int, g: torch.Generator, raw: bool) -> torch.Tensor:
+    if raw:
+        return torch.randint(0, 2, (bs * n * n,), generator=g).to(torch.bool)
+    masks = []
+    for _ in range(bs):
+        m = torch.eye(n, dtype=torch.bool)
+        for t in range(1, n):
+            parent = int(torch.randint(0, t, (1,), generator=g))
+            m[t] |= m[parent]
+        masks.append(m.reshape(-1))
+    return torch.cat(masks)
+
+
+def _case(bs, n, lens, seed, raw=False):
+    g = torch.Generator().manual_seed(seed)
+    pool_rows, width = bs + 3, max(lens) + n + 2
+    return dict(
+        tree_mask=_tree_mask(bs, n, g, raw).to(DEVICE),
+        seq_lens=torch.tensor(lens, dtype=torch.int64, device=DEVICE),
+        seq_lens_cpu=torch.tensor(lens, dtype=torch.int64),
+        req_pool_indices=torch.randperm(pool_rows, generator=g)[:bs].to(torch.int64).to(DEVICE),
+        req_to_token=torch.randint(0, 1 << 30, (pool_rows, width), dtype=torch.int32,
+                                   generator=g).to(DEVICE))
+
+
+def _links(bs, n, spare=3):
+    return [torch.full((bs * n + spare,), SENTINEL, dtype=torch.int64, device=DEVICE)[: bs * n]
+            for _ in range(4)]
+
+
+CASES = [(1, 2, [1]), (1, 8, [5]), (3, 4, [7, 1, 12]), (2, 16, [600, 3]), (17, 8, list(range(1, 18))),
+         (33, 6, [4] * 33), (1, 8, [1030])]
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["tree", "raw"])
+@pytest.mark.parametrize("bs,n,lens", CASES)
+def test_kernel_equals_its_reference(bs, n, lens, raw):
+    c = _case(bs, n, lens, seed=bs * 13 + n, raw=raw)
+    want_links, got_links = _links(bs, n), _links(bs, n)
+    want = nd.ngram_draft_ref(**c, positions=want_links[0], retrieve_index=want_links[1],
+                              retrieve_next_token=want_links[2], retrieve_next_sibling=want_links[3],
+                              bs=bs, n=n)
+    got = nd.ngram_draft(**c, positions=got_links[0], retrieve_index=got_links[1],
+                         retrieve_next_token=got_links[2], retrieve_next_sibling=got_links[3], bs=bs, n=n)
+    for w, g in zip((*want, *want_links), (*got, *got_links), strict=True):
+        assert w.dtype == g.dtype and torch.equal(w, g)
+
+
+def test_the_links_of_a_chain_and_of_a_star():
+    """Two trees worked by hand: a chain 0-1-2-3 and a star (1, 2, 3 children of 0)."""
+    chain = torch.tril(torch.ones(4, 4, dtype=torch.bool)).reshape(-1)
+    star = torch.eye(4, dtype=torch.bool)
+    star[1:, 0] = True
+    pos, ri, nxt, sib = nd.reconstruct_ref(torch.cat([chain, star.reshape(-1)]), torch.tensor([10, 20]), 2, 4)
+    assert pos.tolist() == [10, 11, 12, 13, 20, 21, 21, 21]
+    assert ri.tolist() == list(range(8))
+    assert nxt.tolist() == [1, 2, 3, -1, 1, -1, -1, -1]
+    assert sib.tolist() == [-1, -1, -1, -1, -1, 2, 3, -1]
+
+
+@pytest.fixture(scope="module")
+def upstream_reconstruct(request):
+    """Upstream's reconstruction: ``sgl_kernel``'s op on a GPU machine (what 0.5.17 calls),
+    else SGLang 0.5.23's Triton port, compiled from its source without the module's
+    ``sgl_kernel`` import."""
+    if torch.cuda.is_available():
+        from sgl_kernel.speculative import reconstruct_indices_from_tree_mask
+
+        return reconstruct_indices_from_tree_mask
+    path = request.getfixturevalue("upstream")["0.5.23"] / \
+        "python/sglang/kernels/ops/speculative/reconstruct_tree.py"
+    tree = ast.parse(path.read_text())
+    keep = {"_reconstruct_tree_mask_kernel", "_num_warps_for", "reconstruct_indices_from_tree_mask_triton"}
+    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in keep]
+    assert {node.name for node in body} == keep, "0.5.23's reconstruct_tree.py changed"
+    code = compile(ast.Module(body=body, type_ignores=[]), str(path), "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    import triton.language as tl
+
+    namespace = {"torch": torch, "triton": triton, "tl": tl, "next_power_of_2": triton.next_power_of_2,
+                 "__name__": "_sglang_0523_reconstruct_tree"}
+    exec(code, namespace)
+    return namespace["reconstruct_indices_from_tree_mask_triton"]
+
+
+@pytest.mark.parametrize("bs,n,lens", CASES[:5])
+def test_reference_equals_upstreams_steps(upstream_reconstruct, bs, n, lens):
+    """Tree links and cache locations (the full mask's reference is upstream's loop itself,
+    tests/test_ngram_mask.py); draft trees only: the CUDA op promises nothing for other masks."""
+    from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs
+
+    c = _case(bs, n, lens, seed=bs * 5 + n)
+    links = _links(bs, n)
+    upstream_reconstruct(c["tree_mask"], c["seq_lens"], *links, bs, n)
+    locs = torch.empty(bs * n, dtype=torch.int64, device=DEVICE)
+    assign_extend_cache_locs[(bs,)](c["req_pool_indices"], c["req_to_token"], c["seq_lens"],
+                                    c["seq_lens"] + n, locs, c["req_to_token"].shape[1],
+                                    triton.next_power_of_2(bs))
+    mine = _links(bs, n)
+    _, my_locs = nd.ngram_draft_ref(**c, positions=mine[0], retrieve_index=mine[1],
+                                       retrieve_next_token=mine[2], retrieve_next_sibling=mine[3],
+                                       bs=bs, n=n)
+    for w, g in zip(links, mine, strict=True):
+        assert torch.equal(w, g)
+    assert torch.equal(locs, my_locs)
