@@ -11,7 +11,9 @@ builds the full mask (``USE_FULL_MASK`` on, not a CPU build); a grammar batch ke
 upstream's path (its host mask is read later).
 
 Both ways in run the same two functions: the plugin's AROUND hook below, and patch 0007's
-call site inside that method (``wanted`` then ``full_mask``). On by default
+call site inside that method (``wanted`` then ``full_mask``). With ``SGLANG_SCV_NGRAM_DRAFT``
+(opt-in, plugin only) the hook also has one kernel write the tree links and the cache
+locations with the mask (``_FusedDraft``, kernels/ngram_draft.py). On by default
 (``SGLANG_SCV_NGRAM_MASK``): the kernel's engine run under CUDA graphs on an H200 gave
 identical outputs (reports/gpu/2026-12-05-h200-run24-engine-kernels), and upstream's loop
 is most of NGRAM's draft time at bs >= 32 (run 23).
@@ -92,40 +94,42 @@ class _FusedDraft:
 
     def __init__(self, module, batch):
         self.module, self.batch = module, batch
-        self.name = next((n for n in _RECONSTRUCT if hasattr(module, n)), None)
+        name = next((n for n in _RECONSTRUCT if hasattr(module, n)), None)
+        self.name = name if hasattr(module, "assign_extend_cache_locs_func") else None
         self.mask = self.locs = None
 
     def bind(self) -> None:
-        if self.name is None or not hasattr(self.module, "assign_extend_cache_locs_func"):
-            return
-        self.reconstruct = getattr(self.module, self.name)
-        self.cache_locs = self.module.assign_extend_cache_locs_func
-        setattr(self.module, self.name, self._reconstruct)
-        self.module.assign_extend_cache_locs_func = self._cache_locs
+        if self.name is not None:
+            self.reconstruct = getattr(self.module, self.name)
+            self.cache_locs = self.module.assign_extend_cache_locs_func
+            setattr(self.module, self.name, self._reconstruct)
+            self.module.assign_extend_cache_locs_func = self._cache_locs
 
     def unbind(self) -> None:
-        if self.name is not None and hasattr(self, "reconstruct"):
+        if self.name is not None and getattr(self.module, self.name) == self._reconstruct:
             setattr(self.module, self.name, self.reconstruct)
             self.module.assign_extend_cache_locs_func = self.cache_locs
 
-    def _reconstruct(self, tree_mask, seq_lens, positions, retrieve_index, retrieve_next_token,
-                     retrieve_next_sibling, bs, num_draft):
+    def _reconstruct(self, *args, **kwargs):
+        # upstream's call: (tree_mask, seq_lens, positions, retrieve_index, next_token,
+        # next_sibling, bs, num_draft), positional in 0.5.17 and 0.5.23
         batch = self.batch
-        if seq_lens is batch.seq_lens and bs == len(batch.reqs) and kernel_guard.usable("NGRAM draft"):
+        if (not kwargs and len(args) == 8 and args[1] is batch.seq_lens and args[6] == len(batch.reqs)
+                and kernel_guard.usable("NGRAM draft")):
             from sglang_nwor_scv.kernels.ngram_draft import ngram_draft
 
+            tree_mask, seq_lens, positions, index, next_token, next_sibling, bs, num_draft = args
             try:
                 self.mask, self.locs = ngram_draft(
                     tree_mask, seq_lens, batch.seq_lens_cpu, batch.req_pool_indices,
-                    batch.req_to_token_pool.req_to_token, positions, retrieve_index,
-                    retrieve_next_token, retrieve_next_sibling, bs, num_draft)
+                    batch.req_to_token_pool.req_to_token, positions, index, next_token,
+                    next_sibling, bs, num_draft)
                 _counts["draft"] += 1
                 return None
             except Exception as e:  # never take the server down for an optimisation
                 kernel_guard.record_failure("NGRAM draft", e, "upstream's ops build the verify inputs")
                 self.mask = self.locs = None
-        return self.reconstruct(tree_mask, seq_lens, positions, retrieve_index, retrieve_next_token,
-                                retrieve_next_sibling, bs, num_draft)
+        return self.reconstruct(*args, **kwargs)
 
     def _cache_locs(self, *args, **kwargs):
         batch = self.batch
