@@ -130,3 +130,39 @@ def test_reference_equals_upstreams_steps(upstream_reconstruct, bs, n, lens):
     for w, g in zip(links, mine, strict=True):
         assert torch.equal(w, g)
     assert torch.equal(locs, my_locs)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="host time of GPU launches (the interpreter runs "
+                    "the kernel inside its launch on the CPU)")
+@pytest.mark.parametrize("bs", [1, 32, 128])
+def test_host_us_per_step_interleaved(benchmark, upstream_reconstruct, bs, rounds=30, calls=200):
+    """Host µs per verify step's draft inputs: upstream's three launches (the reconstruct op,
+    the plugin's full-mask kernel that replaced upstream's loop, ``seq_lens + N`` and
+    ``assign_extend_cache_locs_func``) against the one launch, interleaved
+    (tests/host_timing.py); the paired difference and its 95% CI in ``extra_info``."""
+    from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
+
+    from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask
+    from tests.host_timing import interleaved_host_us
+
+    n, lens = 8, [(i * 331) % 2000 + 64 for i in range(bs)]
+    benchmark.group = f"NGRAM draft inputs host us, N {n}, {DEVICE}"
+    c = _case(bs, n, lens, seed=bs)
+    links = _links(bs, n)
+
+    def upstream():
+        upstream_reconstruct(c["tree_mask"], c["seq_lens"], *links, bs, n)
+        full_tree_mask(c["tree_mask"], c["seq_lens"], c["seq_lens_cpu"], n)
+        assign_extend_cache_locs_func(req_pool_indices=c["req_pool_indices"],
+                                      req_to_token=c["req_to_token"], start_offset=c["seq_lens"],
+                                      end_offset=c["seq_lens"] + n, batch_size=bs,
+                                      draft_token_num=n, device=DEVICE)
+
+    result = interleaved_host_us(benchmark, {
+        "upstream": upstream,
+        "one launch": lambda: nd.ngram_draft(**c, positions=links[0], retrieve_index=links[1],
+                                             retrieve_next_token=links[2],
+                                             retrieve_next_sibling=links[3], bs=bs, n=n)},
+        rounds, calls)
+    benchmark.extra_info.update(bs=bs, n=n, **result)
+    print(f"NGRAM draft bs {bs}: {result}", flush=True)

@@ -19,8 +19,6 @@ import __future__
 import ast
 import importlib.util
 import logging
-import statistics
-import time
 
 import pytest
 import torch
@@ -248,40 +246,20 @@ def test_a_kernel_that_cannot_launch_hands_every_later_step_to_upstream(
 @pytest.mark.parametrize("bs", [1, 32, 128])
 def test_host_us_per_replay_interleaved(benchmark, upstream_backend_class, switched_on, bs,
                                         rounds=30, calls=200):
-    """Host µs per replay's metadata fill, upstream's method against the site, in rounds of
-    ``calls`` (order swapped every round; a sync between rounds only): per-round means,
-    the paired relative difference and its 95% CI in ``extra_info`` (the kernels step's
-    bench.json)."""
-    from tools.measure_latency import bootstrap_ci, paired_difference
+    """Host µs per replay's metadata fill, upstream's method against the site, interleaved
+    (tests/host_timing.py): per-variant medians, the paired relative difference and its 95%
+    CI in ``extra_info`` (the kernels step's bench.json)."""
+    from tests.host_timing import interleaved_host_us
 
     n, lens = 8, [(i * 331) % 2000 + 64 for i in range(bs)]
     benchmark.group = f"verify metadata host us, N {n}, {DEVICE}"
     backend = _backend(upstream_backend_class, bs, n, max(lens) + 4, bs)
     seq_lens, rpi, spec = _inputs(bs, n, lens, bs, seed=bs)
     upstream = upstream_backend_class._update_target_verify_buffers
-    variants = {"upstream": lambda: upstream(backend, bs, seq_lens, rpi, spec),
-                "one launch": lambda: site.try_fill(backend, bs, seq_lens, rpi, spec)}
-    for f in variants.values():  # compile and warm both
-        f()
-    torch.cuda.synchronize()
-
-    def measure():
-        per_round = {name: {} for name in variants}
-        for r in range(rounds):
-            for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-                f = variants[name]
-                t0 = time.perf_counter_ns()
-                for _ in range(calls):
-                    f()
-                per_round[name][r] = (time.perf_counter_ns() - t0) / calls / 1e3
-                torch.cuda.synchronize()
-        return per_round
-
-    per_round = benchmark.pedantic(measure, rounds=1, iterations=1)
-    stats = {name: {"median_us": statistics.median(v.values()),
-                    "ci95_us": list(bootstrap_ci(list(v.values())))} for name, v in per_round.items()}
-    diff = paired_difference(per_round["one launch"], per_round["upstream"])
-    benchmark.extra_info.update(bs=bs, n=n, rounds=rounds, calls_per_round=calls,
-                                per_variant=stats, one_launch_vs_upstream=diff)
-    print(f"verify metadata bs {bs}: {stats} diff {diff}", flush=True)
+    result = interleaved_host_us(benchmark, {
+        "upstream": lambda: upstream(backend, bs, seq_lens, rpi, spec),
+        "one launch": lambda: site.try_fill(backend, bs, seq_lens, rpi, spec)}, rounds, calls)
+    diff = result["second_vs_first"]
+    benchmark.extra_info.update(bs=bs, n=n, one_launch_vs_upstream=diff, **result)
+    print(f"verify metadata bs {bs}: {result}", flush=True)
     assert diff is not None and diff["n"] == rounds

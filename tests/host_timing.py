@@ -1,0 +1,42 @@
+"""Host µs per call of two ways to do one step, measured interleaved on a GPU machine.
+
+The plugin's kernels replace upstream launches whose cost is host time, so their benchmarks
+time the host side: rounds of ``calls`` back-to-back calls per variant, the order swapped
+every round, a device sync between rounds only. Shared by the kernel benchmarks that write
+their result into the kernels step's bench.json (pytest-benchmark ``extra_info``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def interleaved_host_us(benchmark, variants: dict, rounds: int, calls: int) -> dict:
+    """Per-variant median µs per call with a bootstrap 95% CI, and the paired relative
+    difference of the second variant against the first (``second_vs_first``)."""
+    from tools.measure_latency import bootstrap_ci, paired_difference
+
+    for f in variants.values():  # compile and warm every variant
+        f()
+    torch.cuda.synchronize()
+    names = list(variants)
+
+    def measure():
+        per_round = {name: {} for name in names}
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                f = variants[name]
+                t0 = time.perf_counter_ns()
+                for _ in range(calls):
+                    f()
+                per_round[name][r] = (time.perf_counter_ns() - t0) / calls / 1e3
+                torch.cuda.synchronize()
+        return per_round
+
+    per_round = benchmark.pedantic(measure, rounds=1, iterations=1)
+    stats = {name: {"median_us": statistics.median(v.values()),
+                    "ci95_us": list(bootstrap_ci(list(v.values())))} for name, v in per_round.items()}
+    diff = paired_difference(per_round[names[1]], per_round[names[0]])
+    return {"rounds": rounds, "calls_per_round": calls, "per_variant": stats, "second_vs_first": diff}
