@@ -7,9 +7,9 @@ passed: one name was bound with int64 in one branch and int32 in the other. Trit
 and its bundled ptxas need no GPU, so the CPU CI can catch that class of error.
 
 ``install()`` wraps the interpreter's launch. The first launch of each distinct signature is
-compiled in one spawned worker process (kernels must be imported there without the
-interpreter: the compiler needs real ``JITFunction`` callees; a worker killed by an engine
-test's shutdown, which kills its process's children, is replaced), and a compile error is
+compiled in one worker process (kernels must be imported there without the interpreter:
+the compiler needs real ``JITFunction`` callees; a worker killed by an engine test's
+shutdown, which kills its process's children, is replaced), and a compile error is
 raised
 from the launch, so the launching test fails (or, through ``kernel_guard``, its site falls
 back to upstream and the test's check of the kernel path fails). Switch off with
@@ -21,12 +21,12 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+import pickle
+import subprocess
+import sys
 
 _compiled: dict = {}  # signature key -> error text ("" when it compiled)
-_pool: ProcessPoolExecutor | None = None
+_proc: subprocess.Popen | None = None
 
 
 def _compile_in_worker(module: str, name: str, signature: dict, constexprs: dict,
@@ -69,27 +69,59 @@ def launch_signature(py_fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict
     return signature, constexprs, options
 
 
-def _worker() -> ProcessPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-        atexit.register(_pool.shutdown)
-    return _pool
+def _worker() -> subprocess.Popen:
+    """The compile worker: a plain child process (no multiprocessing pool, whose semaphores
+    the resource tracker then reports as leaked when an engine test kills the child)."""
+    global _proc
+    if _proc is None or _proc.poll() is not None:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        boot = f"import sys; sys.path[:0] = {sys.path!r}; from tests.hopper_compile import serve; serve()"
+        _proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=env)
+        atexit.register(_proc.kill)
+    return _proc
+
+
+def _ask(job: tuple) -> str | None:
+    """One job to the worker; None when the worker is gone (killed since the last job)."""
+    proc = _worker()
+    data = pickle.dumps(job)
+    try:
+        proc.stdin.write(len(data).to_bytes(8, "little") + data)
+        proc.stdin.flush()
+        head = proc.stdout.read(8)
+    except (BrokenPipeError, OSError):
+        return None
+    if len(head) < 8:
+        return None
+    return pickle.loads(proc.stdout.read(int.from_bytes(head, "little")))
+
+
+def serve() -> None:
+    """The worker's loop: length-prefixed pickled jobs on stdin, answers on stdout (anything
+    the compiler prints goes to stderr)."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    jobs = sys.stdin.buffer
+    while len(head := jobs.read(8)) == 8:
+        result = pickle.dumps(_compile_in_worker(*pickle.loads(jobs.read(int.from_bytes(head, "little")))))
+        answers.write(len(result).to_bytes(8, "little") + result)
+        answers.flush()
 
 
 def check(py_fn, args: tuple, kwargs: dict) -> None:
     """Compile ``py_fn`` for sm_90 as launched (once per signature); raise if it does not."""
-    global _pool
     signature, constexprs, options = launch_signature(py_fn, args, kwargs)
     key = (py_fn.__module__, py_fn.__name__, tuple(signature.items()),
            repr(sorted(constexprs.items())), repr(sorted(options.items())))
     if key not in _compiled:
-        job = (_compile_in_worker, py_fn.__module__, py_fn.__name__, signature, constexprs, options)
-        try:
-            _compiled[key] = _worker().submit(*job).result()
-        except BrokenProcessPool:  # an engine test's shutdown kills the test process's children
-            _pool = None
-            _compiled[key] = _worker().submit(*job).result()
+        job = (py_fn.__module__, py_fn.__name__, signature, constexprs, options)
+        answer = _ask(job)
+        if answer is None:  # an engine test's shutdown kills the test process's children
+            answer = _ask(job)
+        if answer is None:
+            raise RuntimeError(f"the sm_90 compile worker died compiling {py_fn.__name__}")
+        _compiled[key] = answer
     if _compiled[key]:
         raise RuntimeError(f"{py_fn.__name__} does not compile for sm_90 with {signature} "
                            f"{constexprs} {options}: {_compiled[key]}")
