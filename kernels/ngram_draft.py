@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask_ref
+from sglang_nwor_scv.kernels.ngram_mask import full_mask_tile, full_tree_mask_ref
 
 _BLOCK = 512  # mask columns per program
 _BS_BLOCK = 16  # earlier requests' lengths summed per loop step
@@ -85,21 +85,7 @@ def _ngram_draft_kernel(tree_mask_ptr, seq_lens_ptr, req_pool_ptr, req_to_token_
     r = tl.program_id(1)
     c0 = tl.program_id(2) * BLOCK
     seq_len = tl.load(seq_lens_ptr + i).to(tl.int64)
-    # the full mask: request i's block starts at N * (earlier lengths) + i * N * N
-    acc = tl.zeros([BS_BLOCK], dtype=tl.int64)
-    for j0 in range(0, i, BS_BLOCK):
-        j = j0 + tl.arange(0, BS_BLOCK)
-        acc += tl.load(seq_lens_ptr + j, mask=j < i, other=0).to(tl.int64)
-    start = N * tl.sum(acc, axis=0) + i.to(tl.int64) * N * N
-    row_len = seq_len + N
-    if c0 < row_len:
-        cols = c0 + tl.arange(0, BLOCK)
-        in_row = cols < row_len
-        is_draft = cols >= seq_len
-        tree = tl.load(tree_mask_ptr + (i * N + r) * N + (cols - seq_len), mask=in_row & is_draft,
-                       other=0)
-        tl.store(mask_out_ptr + start + r * row_len + cols, tl.where(is_draft, tree, 1).to(tl.uint8),
-                 mask=in_row)
+    full_mask_tile(tree_mask_ptr, seq_lens_ptr, mask_out_ptr, i, r, c0, seq_len, N, BLOCK, BS_BLOCK)
     if (r == 0) & (c0 == 0):
         # tree links: rows are nodes, columns ancestor candidates (one n x n tile)
         node = tl.arange(0, BLOCK_N)

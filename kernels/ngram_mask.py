@@ -47,20 +47,17 @@ def full_tree_mask_ref(tree_mask: torch.Tensor, seq_lens_cpu: torch.Tensor, num_
 
 # ---------------------------------------------------------------- kernel
 @triton.jit
-def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
-                           N: tl.constexpr, BLOCK: tl.constexpr, BS_BLOCK: tl.constexpr):
-    i = tl.program_id(0)
-    r = tl.program_id(1)
-    c0 = tl.program_id(2) * BLOCK
-    seq_len = tl.load(seq_lens_ptr + i).to(tl.int64)
+def full_mask_tile(tree_mask_ptr, seq_lens_ptr, out_ptr, i, r, c0, seq_len,
+                   N: tl.constexpr, BLOCK: tl.constexpr, BS_BLOCK: tl.constexpr):
+    """Row ``r``, columns ``c0 .. c0 + BLOCK`` of request ``i``'s full-mask block: ones over
+    the prefix, then the draft tree. Shared with ``kernels/ngram_draft.py``."""
     # block start: N * (seq_lens[0] + ... + seq_lens[i-1]) + i * N * N; each program sums
     # the earlier lengths itself (bs is small), which saves a cumsum launch on the host
     acc = tl.zeros([BS_BLOCK], dtype=tl.int64)
     for j0 in range(0, i, BS_BLOCK):  # one specialisation for every batch size
         j = j0 + tl.arange(0, BS_BLOCK)
         acc += tl.load(seq_lens_ptr + j, mask=j < i, other=0).to(tl.int64)
-    before = tl.sum(acc, axis=0)
-    start = N * before + i.to(tl.int64) * N * N
+    start = N * tl.sum(acc, axis=0) + i.to(tl.int64) * N * N
     row_len = seq_len + N
     if c0 < row_len:
         cols = c0 + tl.arange(0, BLOCK)
@@ -69,6 +66,15 @@ def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
         tree = tl.load(tree_mask_ptr + (i * N + r) * N + (cols - seq_len), mask=in_row & is_draft, other=0)
         value = tl.where(is_draft, tree, 1).to(tl.uint8)
         tl.store(out_ptr + start + r * row_len + cols, value, mask=in_row)
+
+
+@triton.jit
+def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
+                           N: tl.constexpr, BLOCK: tl.constexpr, BS_BLOCK: tl.constexpr):
+    i = tl.program_id(0)
+    seq_len = tl.load(seq_lens_ptr + i).to(tl.int64)
+    full_mask_tile(tree_mask_ptr, seq_lens_ptr, out_ptr, i, tl.program_id(1), tl.program_id(2) * BLOCK,
+                   seq_len, N, BLOCK, BS_BLOCK)
 
 
 def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu: torch.Tensor,
