@@ -23,11 +23,13 @@ import torch
 memory_pool = pytest.importorskip("sglang.srt.mem_cache.memory_pool", reason="the pool is SGLang's")
 
 import gc  # noqa: E402
+import itertools  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 from sglang_nwor_scv.nwor import StagedLayer, commit_plan, eager_commit_plan  # noqa: E402
-from tools.measure_latency import bootstrap_ci, paired_difference  # noqa: E402
+from tests.host_timing import interleaved_host_us  # noqa: E402
+from tools.measure_latency import bootstrap_ci  # noqa: E402
 
 LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM = 32, 32, 8, 128
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,25 +80,17 @@ def test_rebind_vs_new_plan_interleaved(benchmark, pool, rounds=60, steps=100, t
     benchmark.group = f"eager commit plan, interleaved, {LAYERS} layers, {DEV.type}"
     batches = [_stage(pool, tokens) for _ in range(2)]
     eager_commit_plan(pool, batches[0]).release_sources()
-    make = {"new plan": lambda layers: commit_plan(pool, layers),
-            "rebind": lambda layers: eager_commit_plan(pool, layers)}
+    turn = itertools.count()  # each call takes the next step's tensors, alternating
 
-    def measure():
-        per_round = {name: {} for name in make}
-        for r in range(rounds):
-            for name in (list(make) if r % 2 == 0 else list(make)[::-1]):
-                t0 = time.perf_counter_ns()
-                for i in range(steps):
-                    make[name](batches[i % 2]).release_sources()
-                per_round[name][r] = (time.perf_counter_ns() - t0) / steps / 1e3
-        return per_round
+    def step(make):
+        return lambda: make(batches[next(turn) % 2]).release_sources()
 
-    per_round = benchmark.pedantic(measure, rounds=1, iterations=1)
-    stats = {name: {"median_us": statistics.median(v.values()),
-                    "ci95_us": list(bootstrap_ci(list(v.values())))} for name, v in per_round.items()}
-    diff = paired_difference(per_round["rebind"], per_round["new plan"])
+    result = interleaved_host_us(benchmark, {"new plan": step(lambda layers: commit_plan(pool, layers)),
+                                             "rebind": step(lambda layers: eager_commit_plan(pool, layers))},
+                                 rounds=rounds, calls=steps)
+    diff = result["second_vs_first"]
     benchmark.extra_info.update(layers=LAYERS, tokens=tokens, device=DEV.type, rounds=rounds,
-                                steps_per_round=steps, per_variant=stats,
+                                steps_per_round=steps, per_variant=result["per_variant"],
                                 rebind_vs_new_plan=diff)
     assert diff is not None and diff["n"] == rounds
 

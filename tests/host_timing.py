@@ -1,9 +1,10 @@
-"""Host µs per call of two ways to do one step, measured interleaved on a GPU machine.
+"""Host µs per call of two ways to do one step, measured interleaved.
 
 The plugin's kernels replace upstream launches whose cost is host time, so their benchmarks
 time the host side: rounds of ``calls`` back-to-back calls per variant, the order swapped
-every round, a device sync between rounds only. Shared by the kernel benchmarks that write
-their result into the kernels step's bench.json (pytest-benchmark ``extra_info``)."""
+every round, a device sync between rounds only (none on a CPU-only machine). Shared by the
+kernel benchmarks that write their result into the kernels step's bench.json
+(pytest-benchmark ``extra_info``) and by ``tests/bench_host_cost.py``."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def interleaved_host_us(benchmark, variants: dict, rounds: int, calls: int) -> d
     difference of the second variant against the first (``second_vs_first``)."""
     from tools.measure_latency import bootstrap_ci, paired_difference
 
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for f in variants.values():  # compile and warm every variant
         f()
-    torch.cuda.synchronize()
+    sync()
     names = list(variants)
 
     def measure():
@@ -32,7 +34,7 @@ def interleaved_host_us(benchmark, variants: dict, rounds: int, calls: int) -> d
                 for _ in range(calls):
                     f()
                 per_round[name][r] = (time.perf_counter_ns() - t0) / calls / 1e3
-                torch.cuda.synchronize()
+                sync()
         return per_round
 
     per_round = benchmark.pedantic(measure, rounds=1, iterations=1)
