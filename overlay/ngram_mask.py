@@ -59,13 +59,40 @@ def full_mask(tree_mask, batch, num_draft: int):
                               num_draft)
 
 
+def draft_wanted(batch) -> bool:
+    """Build this batch's tree links, full mask and cache locations with one kernel
+    (``SGLANG_SCV_NGRAM_DRAFT``)? Only where the mask kernel is wanted too."""
+    return modes().ngram_draft and wanted(batch) and kernel_guard.usable("NGRAM draft")
+
+
+def draft_inputs(tree_mask, batch, positions, retrieve_index, next_token, next_sibling, bs: int,
+                 num_draft: int):
+    """In place of upstream's reconstruct op: writes the four tree-link buffers and returns
+    ``(full mask, out_cache_loc)`` from one launch, or None when the kernel failed (then for
+    good, one log line): the caller runs upstream's ops for this step and every later one."""
+    from sglang_nwor_scv.kernels.ngram_draft import ngram_draft
+
+    if not kernel_guard.usable("NGRAM draft"):
+        return None
+    try:
+        out = ngram_draft(tree_mask, batch.seq_lens, batch.seq_lens_cpu, batch.req_pool_indices,
+                          batch.req_to_token_pool.req_to_token, positions, retrieve_index, next_token,
+                          next_sibling, bs, num_draft)
+    except Exception as e:  # never take the server down for an optimisation
+        kernel_guard.record_failure("NGRAM draft", e, "upstream's ops build the verify inputs")
+        return None
+    _counts["draft"] += 1
+    _counts["kernel"] += 1  # the full mask came from a kernel too
+    return out
+
+
 def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
     """AROUND ``NGRAMWorker._prepare_for_speculative_decoding``."""
     module = sys.modules[type(worker).__module__]
     if not (getattr(module, "USE_FULL_MASK", False) and not getattr(module, "_is_cpu", True)
             and batch.forward_mode.is_decode() and wanted(batch)):  # upstream converts decode only
         return original(worker, batch, *args, **kwargs)
-    fused = _FusedDraft(module, batch) if modes().ngram_draft else None
+    fused = _FusedDraft(module, batch) if draft_wanted(batch) else None
     module.USE_FULL_MASK = False  # one scheduler thread: restored before anyone else reads it
     try:
         if fused is not None:
@@ -79,7 +106,6 @@ def prepare_with_full_mask_kernel(original, worker, batch, *args, **kwargs):
         spec = batch.spec_info
         if fused is not None and fused.mask is not None:
             spec.custom_mask = fused.mask
-            _counts["kernel"] += 1
         else:
             spec.custom_mask = full_mask(spec.custom_mask, batch, spec.draft_token_num)
     return out
@@ -114,21 +140,13 @@ class _FusedDraft:
         # upstream's call: (tree_mask, seq_lens, positions, retrieve_index, next_token,
         # next_sibling, bs, num_draft), positional in 0.5.17 and 0.5.23
         batch = self.batch
-        if (not kwargs and len(args) == 8 and args[1] is batch.seq_lens and args[6] == len(batch.reqs)
-                and kernel_guard.usable("NGRAM draft")):
-            from sglang_nwor_scv.kernels.ngram_draft import ngram_draft
-
-            tree_mask, seq_lens, positions, index, next_token, next_sibling, bs, num_draft = args
-            try:
-                self.mask, self.locs = ngram_draft(
-                    tree_mask, seq_lens, batch.seq_lens_cpu, batch.req_pool_indices,
-                    batch.req_to_token_pool.req_to_token, positions, index, next_token,
-                    next_sibling, bs, num_draft)
-                _counts["draft"] += 1
+        if not kwargs and len(args) == 8 and args[1] is batch.seq_lens and args[6] == len(batch.reqs):
+            tree_mask, _, positions, index, next_token, next_sibling, bs, num_draft = args
+            drafted = draft_inputs(tree_mask, batch, positions, index, next_token, next_sibling, bs,
+                                   num_draft)
+            if drafted is not None:
+                self.mask, self.locs = drafted
                 return None
-            except Exception as e:  # never take the server down for an optimisation
-                kernel_guard.record_failure("NGRAM draft", e, "upstream's ops build the verify inputs")
-                self.mask = self.locs = None
         return self.reconstruct(*args, **kwargs)
 
     def _cache_locs(self, *args, **kwargs):

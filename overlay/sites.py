@@ -25,6 +25,8 @@ from sglang_nwor_scv.commit import flush_metrics
 from sglang_nwor_scv.commit import flush_when_idle  # noqa: F401  (call site "scheduler_idle")
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.move import accept_move  # noqa: F401  (call site "accept_move")
+from sglang_nwor_scv.ngram_mask import draft_inputs as ngram_draft_inputs  # noqa: F401
+from sglang_nwor_scv.ngram_mask import draft_wanted as ngram_draft_wanted  # noqa: F401
 from sglang_nwor_scv.ngram_mask import full_mask as ngram_full_mask  # noqa: F401  (site "ngram_mask")
 from sglang_nwor_scv.ngram_mask import wanted as ngram_mask_wanted  # noqa: F401
 from sglang_nwor_scv.nwor import StagedLayer, VerifyStage  # noqa: F401  (tests build stages)

@@ -72,17 +72,22 @@ def test_patched_modules_import_with_and_without_the_package(patched_site):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("spec", ["ngram-tree", "standalone-tree"])
+@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-tree+draft", "standalone-tree"])
 def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site, tmp_path):
+    spec, _, draft = spec.partition("+")  # +draft: SGLANG_SCV_NGRAM_DRAFT=1 (patch 0007 too)
     prompts = [encode(p) for p in PROMPTS]
     upstream = run_engine(spec, tiny_models, prompts, plugin_on=False)
     totals = tmp_path / "totals.json"
     patched = run_engine(spec, tiny_models, prompts, plugin_on=False,
                          extra_pythonpath=(str(patched_site),),
                          extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals),
-                                    "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
+                                    "SGLANG_NWOR_SCV_LOG_INTERVAL": "1",
+                                    **({"SGLANG_SCV_NGRAM_DRAFT": "1"} if draft else {})})
     if spec.startswith("ngram"):  # patch 0007: the full mask came from the kernel
-        assert json.loads(totals.read_text())["ngram_mask_kernel"] > 0
+        t = json.loads(totals.read_text())
+        assert t["ngram_mask_kernel"] > 0
+        # with the draft kernel every mask came from it; without, it never ran
+        assert t["ngram_draft_kernel"] == (t["ngram_mask_kernel"] if draft else 0), t
     assert Path(sglang.__file__).resolve().parent == INSTALLED
     assert not upstream.steps, "unpatched, plugin-off run must not stage anything"
     assert patched.outputs == upstream.outputs

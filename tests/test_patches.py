@@ -123,7 +123,11 @@ def test_patches_wire_every_hook_site_and_only_call_sites(version):
             declared |= set(re.findall(r'"([a-z_]+)"', m.group(1)))
         added = [ln[1:] for ln in text.splitlines()
                  if ln.startswith("+") and not ln.startswith("+++")]
-        assert len(added) <= 30, f"{name}: {len(added)} added lines; keep call sites thin"
+        # an upstream line moved under a new ``if`` is not new code
+        removed = {ln[1:].strip() for ln in text.splitlines()
+                   if ln.startswith("-") and not ln.startswith("---")}
+        new = [ln for ln in added if ln.strip() not in removed]
+        assert len(new) <= 30, f"{name}: {len(new)} added lines; keep call sites thin"
         assert not any(re.match(r"\s*import torch|\s*from sglang_nwor_scv\.(?!.*sites)", ln)
                        for ln in added), name
     adapter = importlib.import_module(f"sglang_nwor_scv.adapters.{versions.SUPPORTED[version]}")
