@@ -138,7 +138,7 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "0",
            "NGRAM, with `SGLANG_SCV_NGRAM_MASK` on: the tree links, the full mask and the draft "
            "tokens' cache locations in one kernel instead of three launches (bit-identical on "
-           "the CPU; plugin only; off until a GPU run proves it)", _bool),
+           "the CPU; plugin and patch 0007; off until a GPU run proves it)", _bool),
     Switch("SGLANG_SCV_VERIFY_METADATA", "verify_metadata", "boolean", "1",
            "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
            "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
