@@ -166,3 +166,43 @@ def test_host_us_per_step_interleaved(benchmark, upstream_reconstruct, bs, round
         rounds, calls)
     benchmark.extra_info.update(bs=bs, n=n, **result)
     print(f"NGRAM draft bs {bs}: {result}", flush=True)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="host time of GPU launches")
+def test_launch_host_us_decomposed(benchmark, rounds=30, calls=300, bs=1, n=8):
+    """Where a plugin launch's host time goes (issue 14: "launchers cached"): the wrapper
+    (host-side sizes, output allocation, launch), Triton's ``kernel[grid](...)`` alone (its
+    binder, cache key, globals check, launch) and the compiled kernel's own ``run`` with the
+    handle kept (what a cached launcher would pay), interleaved. The cached call must write
+    what Triton's launch writes."""
+    from tests.host_timing import interleaved_host_us
+
+    c = _case(bs, n, [700], seed=5)
+    links = _links(bs, n)
+    full = torch.empty(n * 700 + bs * n * n, dtype=torch.bool, device=DEVICE)
+    locs = torch.empty(bs * n, dtype=torch.int64, device=DEVICE)
+    grid = (bs, n, triton.cdiv(700 + n, nd._BLOCK))
+    args = (c["tree_mask"].view(torch.uint8), c["seq_lens"], c["req_pool_indices"], c["req_to_token"],
+            c["req_to_token"].stride(0), full.view(torch.uint8), locs, *links)
+    consts = dict(N=n, BLOCK_N=triton.next_power_of_2(n), BLOCK=nd._BLOCK, BS_BLOCK=nd._BS_BLOCK)
+    compiled = nd._ngram_draft_kernel[grid](*args, **consts)
+    want = [t.clone() for t in (full, locs, *links)]
+    values = [*args, *(consts[k] for k in nd._ngram_draft_kernel.arg_names[len(args):])]
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def cached():
+        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None, *values)
+
+    for t in (full, locs, *links):
+        t.fill_(0)
+    cached()
+    torch.cuda.synchronize()
+    assert all(torch.equal(w, g) for w, g in zip(want, (full, locs, *links), strict=True))
+    result = interleaved_host_us(benchmark, {  # second against first: cached against Triton's
+        "triton launch": lambda: nd._ngram_draft_kernel[grid](*args, **consts),
+        "cached run": cached,
+        "wrapper": lambda: nd.ngram_draft(**c, positions=links[0], retrieve_index=links[1],
+                                          retrieve_next_token=links[2], retrieve_next_sibling=links[3],
+                                          bs=bs, n=n)}, rounds, calls)
+    benchmark.extra_info.update(bs=bs, n=n, **result)
+    print(f"launch decomposition bs {bs}: {result}", flush=True)
