@@ -135,10 +135,10 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_SCV_NGRAM_MASK", "ngram_mask", "boolean", "1",
            "NGRAM: build the full verify mask in one kernel instead of upstream's per-request "
            "loop (bit-identical; upstream's loop is most of NGRAM's draft time at bs >= 32)", _bool),
-    Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "0",
+    Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "1",
            "NGRAM, with `SGLANG_SCV_NGRAM_MASK` on: the tree links, the full mask and the draft "
-           "tokens' cache locations in one kernel instead of three launches (bit-identical on "
-           "the CPU; plugin and patch 0007; off until a GPU run proves it)", _bool),
+           "tokens' cache locations in one kernel instead of three launches (bit-identical; "
+           "about 26 µs less host time a step on an H100)", _bool),
     Switch("SGLANG_SCV_VERIFY_METADATA", "verify_metadata", "boolean", "1",
            "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
            "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
@@ -181,7 +181,7 @@ class Modes:
     graph_max_mb: int | None = None  # None: auto
     move: bool = True
     ngram_mask: bool = True
-    ngram_draft: bool = False
+    ngram_draft: bool = True
     verify_metadata: bool = True
     debug: bool = False
     step_log: str | None = None

@@ -12,9 +12,9 @@ upstream's path (its host mask is read later).
 
 Both ways in run the same functions: the plugin's AROUND hook below, and patch 0007's
 call site inside that method (``wanted`` then ``full_mask``). With ``SGLANG_SCV_NGRAM_DRAFT``
-(opt-in) one kernel also writes the tree links and the cache locations with the mask
-(``draft_wanted`` then ``draft_inputs``, kernels/ngram_draft.py): the patch calls them in
-place of upstream's reconstruct op, the hook through ``_FusedDraft``. On by default
+(on by default since H100 runs 49-50) one kernel also writes the tree links and the cache
+locations with the mask (``draft_wanted`` then ``draft_inputs``, kernels/ngram_draft.py):
+the patch calls them in place of upstream's reconstruct op, the hook through ``_FusedDraft``. On by default
 (``SGLANG_SCV_NGRAM_MASK``): the kernel's engine run under CUDA graphs on an H200 gave
 identical outputs (reports/gpu/2026-12-05-h200-run24-engine-kernels), and upstream's loop
 is most of NGRAM's draft time at bs >= 32 (run 23).

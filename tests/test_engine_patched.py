@@ -72,9 +72,9 @@ def test_patched_modules_import_with_and_without_the_package(patched_site):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-tree+draft", "standalone-tree"])
+@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-tree+no-draft", "standalone-tree"])
 def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site, tmp_path):
-    spec, _, draft = spec.partition("+")  # +draft: SGLANG_SCV_NGRAM_DRAFT=1 (patch 0007 too)
+    spec, _, no_draft = spec.partition("+")  # +no-draft: SGLANG_SCV_NGRAM_DRAFT=0 (patch 0007 too)
     prompts = [encode(p) for p in PROMPTS]
     upstream = run_engine(spec, tiny_models, prompts, plugin_on=False)
     totals = tmp_path / "totals.json"
@@ -82,12 +82,12 @@ def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_sit
                          extra_pythonpath=(str(patched_site),),
                          extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals),
                                     "SGLANG_NWOR_SCV_LOG_INTERVAL": "1",
-                                    **({"SGLANG_SCV_NGRAM_DRAFT": "1"} if draft else {})})
+                                    **({"SGLANG_SCV_NGRAM_DRAFT": "0"} if no_draft else {})})
     if spec.startswith("ngram"):  # patch 0007: the full mask came from the kernel
         t = json.loads(totals.read_text())
         assert t["ngram_mask_kernel"] > 0
-        # with the draft kernel every mask came from it; without, it never ran
-        assert t["ngram_draft_kernel"] == (t["ngram_mask_kernel"] if draft else 0), t
+        # by default every mask came from the draft kernel; switched off, it never ran
+        assert t["ngram_draft_kernel"] == (0 if no_draft else t["ngram_mask_kernel"]), t
     assert Path(sglang.__file__).resolve().parent == INSTALLED
     assert not upstream.steps, "unpatched, plugin-off run must not stage anything"
     assert patched.outputs == upstream.outputs

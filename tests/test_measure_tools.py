@@ -97,7 +97,9 @@ def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):
     import os
 
     record = tmp_path / "record.jsonl"
-    env = dict(os.environ, NCU_STANDIN_SLEEP="2", NCU_STANDIN_RECORD=str(record))
+    # 5 s: long enough that the two children overlap even when one starts late on a loaded
+    # 2-core machine (2 s failed once beside a CI run)
+    env = dict(os.environ, NCU_STANDIN_SLEEP="5", NCU_STANDIN_RECORD=str(record))
     cmd = [sys.executable, str(REPO / "tools" / "measure_ncu.py"), "--out", str(tmp_path),
            "--specs", "ngram-tree", "--modes", "upstream,default", "--bs", "8,32",
            "--gpus", "0,1", "--ncu", str(REPO / "tests" / "ncu_standin.py"), "--timeout", "120"]

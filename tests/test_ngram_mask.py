@@ -48,17 +48,21 @@ def test_full_mask_reads_only_the_first_bs_rows_of_a_preallocated_buffer():
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-chain"])
+@pytest.mark.parametrize("spec", ["ngram-tree", "ngram-chain", "ngram-tree+no-draft"])
 def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_path):
+    """Defaults: the mask (and the tree links and cache locations) from the draft kernel;
+    +no-draft: the mask kernel alone, upstream's reconstruct op and cache locations."""
+    spec, _, no_draft = spec.partition("+")
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     totals = tmp_path / "totals.json"
     off = run_engine(spec, tiny_models, prompts, plugin_on=False)
-    on = run_engine(spec, tiny_models, prompts, plugin_on=True,  # the mask kernel is a default
-                    extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals),
-                               "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
+    on = run_engine(spec, tiny_models, prompts, plugin_on=True,  # the kernels are defaults
+                    extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals), "SGLANG_NWOR_SCV_LOG_INTERVAL": "1",
+                               **({"SGLANG_SCV_NGRAM_DRAFT": "0"} if no_draft else {})})
     assert on.outputs == off.outputs
     t = json.loads(totals.read_text())
     assert t["ngram_mask_kernel"] > 0 and t["violations"] == 0, t
+    assert t["ngram_draft_kernel"] == (0 if no_draft else t["ngram_mask_kernel"]), t
 
 
 @pytest.mark.engine

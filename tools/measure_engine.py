@@ -59,8 +59,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     # the default before 2026-12-06: upstream's ops fill a replayed verify graph's metadata
     "default-no-verify-metadata": (True, _NO_VERIFY_METADATA),
     "default-no-mask": (True, _NO_MASK),
-    # the default plus NGRAM's verify inputs from one launch (off by default until proven)
-    "default-ngram-draft": (True, {"SGLANG_SCV_NGRAM_DRAFT": "1"}),
+    # the default before the thirteenth session: NGRAM's verify inputs from upstream's ops
+    "default-no-ngram-draft": (True, {"SGLANG_SCV_NGRAM_DRAFT": "off"}),
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK}),
     "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK}),
@@ -70,7 +70,7 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
 PLAIN_DECODING = frozenset({"no-spec"})
 ALIASES = {"off": "upstream", "nwor+scv": "default", "nwor_off_scv_off": "upstream",
            "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default",
-           "default-verify-metadata": "default"}
+           "default-verify-metadata": "default", "default-ngram-draft": "default"}
 
 
 def mode_name(mode: str) -> str:

@@ -11,7 +11,7 @@
 #       the host-bound case, where issue 14 asks for -20%)
 #   LATENCY_PART=verify-metadata [VM_SHAPE=small] bash ci/gpu/latency_call.sh OUT  (the
 #       one-launch verify-graph metadata: its GPU tests, then default with and without it)
-#   LATENCY_PART=ngram-draft [VM_SHAPE=small] ...  (the same for the opt-in NGRAM draft kernel)
+#   LATENCY_PART=ngram-draft [VM_SHAPE=small] ...  (the same for the NGRAM draft kernel)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -29,15 +29,15 @@ L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 51
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
 if [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" = ngram-draft ]; then
   # one feature of the default with and without it: the one-launch verify-graph metadata
-  # (SGLANG_SCV_VERIFY_METADATA, on by default) or NGRAM's draft inputs in one launch
-  # (SGLANG_SCV_NGRAM_DRAFT, opt-in). Its kernel tests at real shapes first (against
+  # (SGLANG_SCV_VERIFY_METADATA) or NGRAM's draft inputs in one launch
+  # (SGLANG_SCV_NGRAM_DRAFT), both on by default. Its kernel tests at real shapes first (against
   # upstream's own ops), then the two modes beside plugin-off (the better upstream baseline
   # at bs 1; the native move too where the card holds four engines) at bs 1 and 32;
   # VM_SHAPE=small: the 1B shape
   if [ "$LATENCY_PART" = verify-metadata ]; then
     T=tests/test_verify_metadata.py; F=default-no-verify-metadata,default
   else
-    T=tests/test_ngram_draft.py; F=default,default-ngram-draft
+    T=tests/test_ngram_draft.py; F=default-no-ngram-draft,default
   fi
   timeout 120 python3 -m pytest -q -p no:cacheprovider "$T" > "$OUT/feature_tests.txt" 2>&1
   tail -n 3 "$OUT/feature_tests.txt"

@@ -149,9 +149,9 @@ def test_ngram_mask_kernel_identity_under_graphs(tiny_models, tmp_path):
 
 
 def test_ngram_draft_kernel_identity_under_graphs(tiny_models, tmp_path):
-    """SGLANG_SCV_NGRAM_DRAFT=1 (opt-in): NGRAM's tree links, full mask and cache locations
-    from one kernel, CUDA graphs on; outputs identical to upstream's, invariants every step,
-    and the kernel ran on every verify step."""
+    """SGLANG_SCV_NGRAM_DRAFT=1 (the default since runs 49-50): NGRAM's tree links, full mask
+    and cache locations from one kernel, CUDA graphs on; outputs identical to upstream's,
+    invariants every step, and the kernel ran on every verify step."""
     off, on, t = _graph_tree_run("NGRAM-DRAFT", {"SGLANG_SCV_NGRAM_DRAFT": "1"}, tiny_models,
                                  tmp_path / "totals.json")
     assert off.outputs == on.outputs
