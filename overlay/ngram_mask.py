@@ -68,13 +68,12 @@ def draft_wanted(batch) -> bool:
 
 def draft_inputs(tree_mask, batch, positions, retrieve_index, next_token, next_sibling, bs: int,
                  num_draft: int):
-    """In place of upstream's reconstruct op: writes the four tree-link buffers and returns
-    ``(full mask, out_cache_loc)`` from one launch, or None when the kernel failed (then for
-    good, one log line): the caller runs upstream's ops for this step and every later one."""
+    """In place of upstream's reconstruct op, where ``draft_wanted`` said yes: writes the four
+    tree-link buffers and returns ``(full mask, out_cache_loc)`` from one launch, or None when
+    the kernel failed (then ``draft_wanted`` says no for good, one log line): the caller runs
+    upstream's ops for this step and every later one."""
     from sglang_nwor_scv.kernels.ngram_draft import ngram_draft
 
-    if not kernel_guard.usable("NGRAM draft"):
-        return None
     try:
         out = ngram_draft(tree_mask, batch.seq_lens, batch.seq_lens_cpu, batch.req_pool_indices,
                           batch.req_to_token_pool.req_to_token, positions, retrieve_index, next_token,
