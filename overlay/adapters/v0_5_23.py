@@ -114,5 +114,8 @@ PHASES = {
     "kernel.commit": "sglang_nwor_scv.kernels.commit_kv.KVCommitPlan._launch",
     "kernel.move": "sglang_nwor_scv.kernels.move_kv.KVMovePlan.launch",
     "kernel.ngram_mask": "sglang_nwor_scv.kernels.ngram_mask.full_tree_mask",
+    # the NGRAM draft kernel (default): mask, tree links and cache locations in one launch, so
+    # upstream's spec.cache_locs and the mask kernel's launch do not run
+    "kernel.ngram_draft": "sglang_nwor_scv.kernels.ngram_draft.ngram_draft",
     "kernel.verify_metadata": "sglang_nwor_scv.kernels.verify_metadata.target_verify_buffers",
 }
