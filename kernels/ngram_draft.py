@@ -128,10 +128,18 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     links = (positions, retrieve_index, retrieve_next_token, retrieve_next_sibling)
     if not all(t.is_contiguous() for t in links):
         raise ValueError("ngram_draft: the tree-link buffers must be contiguous")
-    width = int(seq_lens_cpu[:bs].max()) + n
-    grid = (bs, n, triton.cdiv(width, _BLOCK))
-    _ngram_draft_kernel[grid](tree_mask.view(torch.uint8), seq_lens, req_pool_indices, req_to_token,
-                              req_to_token.stride(0), full.view(torch.uint8), locs, *links,
-                              N=n, BLOCK_N=triton.next_power_of_2(n), BLOCK=_BLOCK,
-                              BS_BLOCK=_BS_BLOCK)
+    grid, args, consts = launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs,
+                                     links, bs, n, int(seq_lens_cpu[:bs].max()))
+    _ngram_draft_kernel[grid](*args, **consts)
     return full, locs
+
+
+def launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs, links,
+                bs: int, n: int, max_seq_len: int):
+    """The kernel's grid, arguments and constants: one list, so a launch-cost probe launches
+    exactly what ``ngram_draft`` launches."""
+    grid = (bs, n, triton.cdiv(max_seq_len + n, _BLOCK))
+    args = (tree_mask.view(torch.uint8), seq_lens, req_pool_indices, req_to_token,
+            req_to_token.stride(0), full.view(torch.uint8), locs, *links)
+    consts = dict(N=n, BLOCK_N=triton.next_power_of_2(n), BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK)
+    return grid, args, consts

@@ -181,10 +181,8 @@ def test_launch_host_us_decomposed(benchmark, rounds=30, calls=300, bs=1, n=8):
     links = _links(bs, n)
     full = torch.empty(n * 700 + bs * n * n, dtype=torch.bool, device=DEVICE)
     locs = torch.empty(bs * n, dtype=torch.int64, device=DEVICE)
-    grid = (bs, n, triton.cdiv(700 + n, nd._BLOCK))
-    args = (c["tree_mask"].view(torch.uint8), c["seq_lens"], c["req_pool_indices"], c["req_to_token"],
-            c["req_to_token"].stride(0), full.view(torch.uint8), locs, *links)
-    consts = dict(N=n, BLOCK_N=triton.next_power_of_2(n), BLOCK=nd._BLOCK, BS_BLOCK=nd._BS_BLOCK)
+    grid, args, consts = nd.launch_args(c["tree_mask"], c["seq_lens"], c["req_pool_indices"],
+                                        c["req_to_token"], full, locs, links, bs, n, 700)
     compiled = nd._ngram_draft_kernel[grid](*args, **consts)
     want = [t.clone() for t in (full, locs, *links)]
     values = [*args, *(consts[k] for k in nd._ngram_draft_kernel.arg_names[len(args):])]

@@ -15,6 +15,7 @@ import py_compile
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,31 @@ def test_dep3_headers(version):
             assert part in h["Description"], f"{name}: Description lacks {part}"
 
 
+def _new_lines(patch_text):
+    """Added lines that are not an upstream line of the same hunk re-indented (moved under
+    a new ``if``); each removed line excuses one added line, so a common line such as ``)``
+    counts as new unless the hunk removed it too."""
+    new = []
+    for hunk in re.split(r"^@@.*$", patch_text, flags=re.M)[1:]:
+        lines = hunk.splitlines()
+        removed = Counter(ln[1:].strip() for ln in lines
+                          if ln.startswith("-") and not ln.startswith("---"))
+        for ln in lines:
+            if not ln.startswith("+") or ln.startswith("+++"):
+                continue
+            if ln[1:].strip() and removed[ln[1:].strip()] > 0:
+                removed[ln[1:].strip()] -= 1
+            else:
+                new.append(ln[1:])
+    return new
+
+
+def test_new_lines_excuse_only_reindented_lines_of_the_same_hunk():
+    patch = ("--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,4 @@\n-    f(a,\n-    )\n+    if g():\n"
+             "+        f(a,\n+        )\n+    )\n@@ -9,1 +10,1 @@\n+    f(a,\n")
+    assert _new_lines(patch) == ["    if g():", "    )", "    f(a,"]
+
+
 def test_patches_wire_every_hook_site_and_only_call_sites(version):
     """Both ways in wire the same sites; patches hold call sites, not logic."""
     declared = set()
@@ -123,10 +149,7 @@ def test_patches_wire_every_hook_site_and_only_call_sites(version):
             declared |= set(re.findall(r'"([a-z_]+)"', m.group(1)))
         added = [ln[1:] for ln in text.splitlines()
                  if ln.startswith("+") and not ln.startswith("+++")]
-        # an upstream line moved under a new ``if`` is not new code
-        removed = {ln[1:].strip() for ln in text.splitlines()
-                   if ln.startswith("-") and not ln.startswith("---")}
-        new = [ln for ln in added if ln.strip() not in removed]
+        new = _new_lines(text)
         assert len(new) <= 30, f"{name}: {len(new)} added lines; keep call sites thin"
         assert not any(re.match(r"\s*import torch|\s*from sglang_nwor_scv\.(?!.*sites)", ln)
                        for ln in added), name
