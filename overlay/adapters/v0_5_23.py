@@ -117,5 +117,6 @@ PHASES = {
     # the NGRAM draft kernel (default): mask, tree links and cache locations in one launch, so
     # upstream's spec.cache_locs and the mask kernel's launch do not run
     "kernel.ngram_draft": "sglang_nwor_scv.kernels.ngram_draft.ngram_draft",
+    "kernel.ngram_draft.launch": "sglang_nwor_scv.kernels.ngram_draft._launch",
     "kernel.verify_metadata": "sglang_nwor_scv.kernels.verify_metadata.target_verify_buffers",
 }
