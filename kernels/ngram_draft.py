@@ -120,7 +120,8 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     """``ngram_draft_ref``'s writes and results, one launch. The four tree-link buffers must
     be contiguous (upstream's preallocated per-batch-size views are)."""
     n = int(n)
-    total = n * int(seq_lens_cpu[:bs].sum()) + bs * n * n
+    lens = seq_lens_cpu[:bs]
+    total = n * int(lens.sum()) + bs * n * n
     full = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     locs = torch.empty(bs * n, dtype=torch.int64, device=tree_mask.device)
     if bs == 0:
@@ -129,7 +130,7 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     if not all(t.is_contiguous() for t in links):
         raise ValueError("ngram_draft: the tree-link buffers must be contiguous")
     grid, args, consts = launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs,
-                                     links, bs, n, int(seq_lens_cpu[:bs].max()))
+                                     links, bs, n, int(lens.max()))
     _launch(grid, args, consts)
     return full, locs
 
