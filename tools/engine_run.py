@@ -186,20 +186,34 @@ class Server:
     """A ``launch_server`` child on loopback: its own process, so several configurations
     can stay resident side by side (one process's SGLang globals hold one config)."""
 
+    # free_port's number can be taken by another process before the child binds it; a start
+    # that dies of that is retried on a fresh port (a fresh-clone CI run failed so once)
+    PORT_RETRIES = 3
+
     def __init__(self, kw: dict, plugin_on: bool, env: dict, log: Path,
                  extra_plugins: tuple[str, ...] = ()):
+        self.log_path = log
+        self._launch = (kw, plugin_on, env, extra_plugins)
+        self._retries_left = self.PORT_RETRIES
+        self._spawn()
+
+    def _spawn(self) -> None:
         import subprocess
 
+        kw, plugin_on, env, extra_plugins = self._launch
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self._log = open(log, "w")
+        self._log = open(self.log_path, "w")
         old = prepare_process_env(plugin_on, env, extra_plugins=extra_plugins)
         try:
             self.proc = subprocess.Popen(server_cli_from_kwargs(kw, self.port),
                                          stdout=self._log, stderr=subprocess.STDOUT)
         finally:
             restore_env(old)
+
+    def _died_of_port_race(self) -> bool:
+        self._log.flush()
+        return "already in use" in self.log_path.read_text().lower()
 
     def get(self, path: str, timeout: float = 5.0) -> str:
         import urllib.request
@@ -225,7 +239,13 @@ class Server:
                 self.get("/health")
                 return
             except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                died = self.proc.poll() is not None
+                if died and self._retries_left > 0 and self._died_of_port_race():
+                    self._retries_left -= 1
+                    self._log.close()
+                    self._spawn()
+                    continue
+                if died or time.monotonic() > deadline:
                     self._log.flush()
                     raise RuntimeError(f"server did not start (rc {self.proc.poll()}):\n"
                                        + self.log_path.read_text()[-4000:]) from None
