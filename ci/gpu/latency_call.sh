@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The first device call of a session: the mask kernel's GPU checks, then steady-state latency
 # of the 8B shape against both upstream baselines, grouped by what the card's memory holds
-# (four resident 8B engines need about 110 GiB: one group on an H200, two on an H100).
+# (four resident 8B engines need about 110 GiB: one call on an H200, two on an H100).
 # Each group has a hard timeout inside the call's 10 minutes; results are written after every
 # repeat, so a cut loses only the repeat in flight.
 #   bash ci/gpu/latency_call.sh OUT [extra measure_latency args]
-#   LATENCY_PART=more bash ci/gpu/latency_call.sh OUT   (an H100's second call: plain decoding
+#   LATENCY_PART=bs128 bash ci/gpu/latency_call.sh OUT  (an H100's second call: bs 128, the
+#       native move beside the default; the first call gives bs 1 and 32 the whole call)
+#   LATENCY_PART=more bash ci/gpu/latency_call.sh OUT   (an H100's third call: plain decoding
 #       beside plugin-off and default at bs 1 and 32, then plugin-off beside default at bs 128)
 #   LATENCY_PART=small bash ci/gpu/latency_call.sh OUT  (the Llama-3.2-1B shape, all four modes:
 #       the host-bound case, where issue 14 asks for -20%)
@@ -15,7 +17,7 @@
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
-# resident_fit), so its baselines take two calls; calls of one setup combine with
+# resident_fit), so its baselines take two calls (main, then bs128); calls of one setup combine with
 # measure_latency.py --merge (rounds add up per mode and bs; pairs stay within a call).
 set -uo pipefail
 OUT=${1:?usage: latency_call.sh OUT [args]}; shift
@@ -67,14 +69,17 @@ elif [ "${LATENCY_PART:-main}" = more ]; then
   pkill -9 -f multiprocessing.spawn 2> /dev/null
   timeout -k 15 225 "${L[@]}" --out "$OUT/d" --modes plugin-off,default \
     --bs 128 --repeats 30 --deadline-s 210 > "$OUT/d.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = bs128 ]; then
+  # an H100's second call: bs 128, where two resident 8B engines fit (run 55: 6 rounds in
+  # 250 s gave a 6-point interval against the native move)
+  timeout -k 15 480 "${L[@]}" --out "$OUT/b" --modes plugin-off-native-move,default \
+    --bs 128 --repeats 40 --deadline-s 460 > "$OUT/b.log" 2>&1
 else
-  # runs 34 and 54 got 4 rounds at bs 128 in 210 s (about 37 s a round) and 6-8 at bs 1-32
-  # in 270 s: the bs 128 group gets the time for its fifth
-  timeout -k 15 245 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default \
-    --bs 1,32 --repeats 30 --deadline-s 230 > "$OUT/a.log" 2>&1
-  pkill -9 -f multiprocessing.spawn 2> /dev/null  # a cut group's engines free the card
-  timeout -k 15 265 "${L[@]}" --out "$OUT/b" --modes plugin-off-native-move,default \
-    --bs 128 --repeats 30 --deadline-s 250 > "$OUT/b.log" 2>&1
+  # an H100, bs 1 and 32, both upstream baselines: one group per call, since run 55's 230 s
+  # (both groups in one call) gave 5 rounds and 3-4-point intervals against the native
+  # move, while run 56's 430 s gave 19 rounds at bs 1 and a 1.6-point interval
+  timeout -k 15 480 "${L[@]}" --out "$OUT/a" --modes plugin-off,plugin-off-native-move,default \
+    --bs 1,32 --repeats 40 --deadline-s 460 > "$OUT/a.log" 2>&1
 fi
 pkill -9 -f multiprocessing.spawn 2> /dev/null  # nothing of a cut group may outlive the call
 for f in "$OUT"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v 'Capturing\|it/s\]' | tail -n 25; done
