@@ -138,7 +138,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "1",
            "NGRAM, with `SGLANG_SCV_NGRAM_MASK` on: the tree links, the full mask and the draft "
            "tokens' cache locations in one kernel instead of three launches (bit-identical; "
-           "66 -> 40 µs of host time a step in a per-call benchmark on an H100, run 49)", _bool),
+           "66 -> 40 µs of host time a step in a per-call benchmark on an H100, run 49; end to "
+           "end within the noise, run 56)", _bool),
     Switch("SGLANG_SCV_VERIFY_METADATA", "verify_metadata", "boolean", "1",
            "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
            "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
