@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .commit_kv import _to_device_async  # host table -> device, no host sync
+from .host_math import next_power_of_2
 
 _TILE_BYTES = 512  # bytes of one row a program moves (x its request's accepted rows)
 
@@ -190,6 +191,6 @@ class KVMovePlan:
         _move_accepted_kv_kernel[(bs, self.num_buffers, self.num_tiles)](
             self.ptr_table, self.row_words, accept_index, num_correct_drafts, out_cache_loc,
             accept_index.stride(0), depth, width,
-            WORD=self._word, BLOCK_D=triton.next_power_of_2(depth), TILE=self.tile, num_warps=4)
+            WORD=self._word, BLOCK_D=next_power_of_2(depth), TILE=self.tile, num_warps=4)
 
     __call__ = launch

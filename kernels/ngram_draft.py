@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_nwor_scv.kernels.host_math import cdiv, next_power_of_2
 from sglang_nwor_scv.kernels.ngram_mask import full_mask_tile, full_tree_mask_ref
 
 _BLOCK = 512  # mask columns per program
@@ -120,8 +121,8 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     """``ngram_draft_ref``'s writes and results, one launch. The four tree-link buffers must
     be contiguous (upstream's preallocated per-batch-size views are)."""
     n = int(n)
-    lens = seq_lens_cpu[:bs]
-    total = n * int(lens.sum()) + bs * n * n
+    lens = seq_lens_cpu[:bs].tolist()  # one conversion for the sum and the max
+    total = n * sum(lens) + bs * n * n
     full = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     locs = torch.empty(bs * n, dtype=torch.int64, device=tree_mask.device)
     if bs == 0:
@@ -130,7 +131,7 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     if not all(t.is_contiguous() for t in links):
         raise ValueError("ngram_draft: the tree-link buffers must be contiguous")
     grid, args, consts = launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs,
-                                     links, bs, n, int(lens.max()))
+                                     links, bs, n, max(lens))
     _launch(grid, args, consts)
     return full, locs
 
@@ -146,8 +147,8 @@ def launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs,
                 bs: int, n: int, max_seq_len: int):
     """The kernel's grid, arguments and constants: one list, so a launch-cost probe launches
     exactly what ``ngram_draft`` launches."""
-    grid = (bs, n, triton.cdiv(max_seq_len + n, _BLOCK))
+    grid = (bs, n, cdiv(max_seq_len + n, _BLOCK))
     args = (tree_mask.view(torch.uint8), seq_lens, req_pool_indices, req_to_token,
             req_to_token.stride(0), full.view(torch.uint8), locs, *links)
-    consts = dict(N=n, BLOCK_N=triton.next_power_of_2(n), BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK)
+    consts = dict(N=n, BLOCK_N=next_power_of_2(n), BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK)
     return grid, args, consts

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_nwor_scv.kernels.host_math import cdiv
+
 _BLOCK = 512  # mask columns per program
 _BS_BLOCK = 16  # earlier requests' lengths summed per loop step (small: a chunk per program)
 
@@ -82,12 +84,13 @@ def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu
     """The full mask of ``full_tree_mask_ref`` from device ``tree_mask`` / ``seq_lens``."""
     bs = seq_lens_cpu.shape[0]
     n = int(num_draft)
-    total = n * int(seq_lens_cpu.sum()) + bs * n * n
+    lens = seq_lens_cpu.tolist()  # one conversion for the sum and the max
+    total = n * sum(lens) + bs * n * n
     out = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     if bs == 0:
         return out
-    width = int(seq_lens_cpu.max()) + n
-    grid = (bs, n, triton.cdiv(width, _BLOCK))
+    width = max(lens) + n
+    grid = (bs, n, cdiv(width, _BLOCK))
     _full_tree_mask_kernel[grid](tree_mask.view(torch.uint8), seq_lens, out.view(torch.uint8),
                                  N=n, BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK)
     return out

@@ -116,6 +116,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_nwor_scv.kernels.host_math import next_power_of_2
+
 __all__ = [
     "VerifyAcceptOutputs",
     "alloc_verify_accept_outputs",
@@ -394,8 +396,8 @@ def launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
     if bs == 0:
         out.num_committed.zero_()
         return
-    block_n = triton.next_power_of_2(n)
-    block_d = triton.next_power_of_2(max_depth)
+    block_n = next_power_of_2(n)
+    block_d = next_power_of_2(max_depth)
     _verify_accept_greedy_kernel[(bs,)](
         candidates,
         retrieve_index,

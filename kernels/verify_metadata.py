@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_nwor_scv.kernels.host_math import cdiv
+
 _BLOCK = 1024  # kv_indices / mask elements per loop step
 _BS_BLOCK = 16  # earlier requests' lengths summed per loop step
 _MASK_CHUNK = 16384  # mask bytes per copying program
@@ -110,7 +112,7 @@ def target_verify_buffers(qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_bu
         mask_in, mask_out = custom_mask.view(torch.uint8), mask_buffer.view(torch.uint8)
     else:  # no copying program runs: any byte pointer will do (there may be no mask buffer)
         mask_in = mask_out = seq_lens.view(torch.uint8)
-    grid = (bs + triton.cdiv(mask_len, _MASK_CHUNK),)
+    grid = (bs + cdiv(mask_len, _MASK_CHUNK),)
     _target_verify_buffers_kernel[grid](
         qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_out, mask_in,
         req_to_token, req_pool_indices, seq_lens, bs, mask_len, req_to_token.stride(0),
