@@ -7,8 +7,8 @@ OLD_COMMIT's kernels/ngram_draft.py is loaded beside today's as a module of its 
 get the same stubbed ``_launch`` (no kernel runs: on the CPU the interpreter would), so
 what is timed is the wrapper's own Python. SGLang is imported first, as in the engine (it
 replaces ``triton.next_power_of_2`` by a plain function; ``triton.cdiv`` stays Triton's).
-Rounds of 2,000 calls, order swapped every round, per-round means; bootstrap 95% CI of the paired relative difference
-(tools/measure_latency.py's)."""
+Rounds of 2,000 calls, order swapped every round, per-round means; bootstrap 95% CI of the
+paired relative difference (tools/measure_latency.py's)."""
 
 from __future__ import annotations
 
