@@ -121,7 +121,7 @@ def ngram_draft(tree_mask, seq_lens, seq_lens_cpu, req_pool_indices, req_to_toke
     """``ngram_draft_ref``'s writes and results, one launch. The four tree-link buffers must
     be contiguous (upstream's preallocated per-batch-size views are)."""
     n = int(n)
-    lens = seq_lens_cpu[:bs].tolist()  # one conversion for the sum and the max
+    lens = seq_lens_cpu.tolist()[:bs]  # one conversion for the sum and the max (no view)
     total = n * sum(lens) + bs * n * n
     full = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     locs = torch.empty(bs * n, dtype=torch.int64, device=tree_mask.device)

@@ -1,7 +1,7 @@
 """Host µs of the NGRAM draft wrapper (launch stubbed) before and after its size arithmetic
 moved off Triton's ConstexprFunction helpers and torch reductions, interleaved.
 
-    .venv/bin/python reports/cpu/2026-12-06-launcher-arithmetic/bench.py OLD_COMMIT OUT.json
+    PYTHONPATH=. .venv/bin/python reports/cpu/2026-12-06-launcher-arithmetic/bench.py OLD_COMMIT OUT.json
 
 OLD_COMMIT's kernels/ngram_draft.py is loaded beside today's as a module of its own; both
 get the same stubbed ``_launch`` (no kernel runs: on the CPU the interpreter would), so
