@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import triton
 import sglang.srt.utils.common  # noqa: F401  as in the engine: SGLang's own triton.next_power_of_2
 from sglang_nwor_scv.kernels import host_math
 from sglang_nwor_scv.kernels import ngram_draft as new
-from tools.measure_latency import bootstrap_ci, paired_difference
+from tests.host_timing import interleaved_rounds, summarize
 
 
 def load_old(commit: str):
@@ -42,22 +41,10 @@ def load_old(commit: str):
 
 
 def interleaved(variants: dict, rounds: int = 40, calls: int = 2000) -> dict:
-    names = list(variants)
-    per_round = {name: {} for name in names}
-    for f in variants.values():
+    for f in variants.values():  # beyond the one warm-up call interleaved_rounds makes
         for _ in range(200):
             f()
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            f = variants[name]
-            t0 = time.perf_counter_ns()
-            for _ in range(calls):
-                f()
-            per_round[name][r] = (time.perf_counter_ns() - t0) / calls / 1e3
-    out = {name: {"median_us": sorted(v.values())[len(v) // 2],
-                  "ci95_us": list(bootstrap_ci(list(v.values())))} for name, v in per_round.items()}
-    out["second_vs_first"] = paired_difference(per_round[names[1]], per_round[names[0]])
-    return out
+    return summarize(interleaved_rounds(variants, rounds, calls))
 
 
 def main(old_commit: str, out_path: str) -> None:
@@ -82,9 +69,8 @@ def main(old_commit: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(results, indent=1))
     for key, r in results.items():
         if isinstance(r, dict):
-            d = r["second_vs_first"]
-            meds = ", ".join(f"{k} {v['median_us']:.2f}" for k, v in r.items() if k != "second_vs_first")
-            print(f"{key}: {meds} µs; second vs first {d}")
+            meds = ", ".join(f"{k} {v['median_us']:.2f}" for k, v in r["per_variant"].items())
+            print(f"{key}: {meds} µs; second vs first {r['second_vs_first']}")
 
 
 if __name__ == "__main__":
