@@ -237,11 +237,34 @@ def run_in_own_session(cmd: list[str], console: Path, timeout: float, env: dict 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            _wait_until_gone(proc.pid)  # the next mode's engine must not meet a dying one
             rc = -signal.SIGKILL
         reader.join(timeout=10)
         if rc == -signal.SIGKILL:
             out.write(f"\n[measure_ncu] timed out after {timeout} s: killed the session\n")
         return rc
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that are not yet zombies (Linux ``/proc``)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
+def _wait_until_gone(pgid: int, limit_s: float = 30.0) -> None:
+    """SIGKILL is delivered asynchronously: on a loaded machine a killed session's
+    grandchildren were still running when ``run_in_own_session`` returned (a fresh-clone
+    CI run saw it). Wait, bounded, until none is left."""
+    deadline = time.monotonic() + limit_s
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def tail(path: Path, n: int = 1500) -> str:
