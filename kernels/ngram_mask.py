@@ -80,11 +80,13 @@ def _full_tree_mask_kernel(tree_mask_ptr, seq_lens_ptr, out_ptr,
 
 
 def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu: torch.Tensor,
-                   num_draft: int) -> torch.Tensor:
-    """The full mask of ``full_tree_mask_ref`` from device ``tree_mask`` / ``seq_lens``."""
-    bs = seq_lens_cpu.shape[0]
+                   num_draft: int, bs: int | None = None) -> torch.Tensor:
+    """The full mask of ``full_tree_mask_ref`` from device ``tree_mask`` / ``seq_lens``, over
+    the first ``bs`` requests (default: all of ``seq_lens_cpu``; a count rather than a slice
+    view of upstream's max-bs buffer saves the view on every step)."""
+    lens = seq_lens_cpu.tolist()[:bs]  # one conversion for the sum and the max
+    bs = len(lens)
     n = int(num_draft)
-    lens = seq_lens_cpu.tolist()  # one conversion for the sum and the max
     total = n * sum(lens) + bs * n * n
     out = torch.empty(total, dtype=torch.bool, device=tree_mask.device)
     if bs == 0:

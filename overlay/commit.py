@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from sglang_nwor_scv import debug_checks, ngram_mask, scv, sync_check, verify_metadata
+from sglang_nwor_scv import debug_checks, kernel_guard, ngram_mask, scv, sync_check, verify_metadata
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.json_file import write_json_atomically
 from sglang_nwor_scv.state import RunnerState, all_states, existing_state
@@ -153,7 +153,8 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     if totals:  # measurement runs; the idle flush writes while a client may be reading
         write_json_atomically(totals, dict(st.metrics.totals, steps=st.steps, verify_steps=st.verify_steps,
                                        counter_reads_in_flight=st.counter_reads.in_flight,
-                                       graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes))
+                                       graph=st.graph.report(), kv_pool_bytes=st.kv_pool_bytes,
+                                       kernels_stepped_aside=kernel_guard.failures()))
 
 
 

@@ -22,6 +22,12 @@ def usable(kernel: str) -> bool:
     return kernel not in _failed
 
 
+def failures() -> dict[str, str]:
+    """Every kernel that stepped aside in this process, with its error (the totals file
+    carries it, so a test's failed count assertion names the cause)."""
+    return dict(_failed)
+
+
 def record_failure(kernel: str, error: BaseException, instead: str) -> None:
     """Remember that ``kernel`` failed to launch; log once what runs ``instead``."""
     if kernel in _failed:

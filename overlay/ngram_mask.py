@@ -51,7 +51,7 @@ def full_mask(tree_mask, batch, num_draft: int):
     bs = len(batch.reqs)
     if kernel_guard.usable("NGRAM mask"):
         try:
-            out = full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu[:bs], num_draft)
+            out = full_tree_mask(tree_mask, batch.seq_lens, batch.seq_lens_cpu, num_draft, bs)
             _counts["kernel"] += 1
             return out
         except Exception as e:  # never take the server down for an optimisation

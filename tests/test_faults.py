@@ -117,3 +117,8 @@ def test_plugin_kernels_that_cannot_launch_leave_upstream_serving(tiny_models, t
     t = json.loads(totals.read_text())
     assert t["scv_kernel"] == 0 and t["scv_fallback"] == t["verify_steps"] > 0, t
     assert t["violations"] == 0 and t["committed"] == t["accepted"] > 0, t
+    # the totals name each kernel that stepped aside and why (a GPU test's count assertion
+    # then shows the cause: the cold-machine mask failures of runs 49 and 51 left none)
+    aside = t["kernels_stepped_aside"]
+    assert {"NGRAM draft", "NGRAM mask", "SCV acceptance", "NWOR commit"} <= set(aside), aside
+    assert all("injected:" in why for why in aside.values()), aside

@@ -43,8 +43,11 @@ def test_full_mask_reads_only_the_first_bs_rows_of_a_preallocated_buffer():
     tree, seq_lens = _case(3, 4, [9, 2, 4], seed=7)
     big = torch.cat([tree, torch.ones(4 * 16, dtype=torch.bool)])  # upstream's buffer is max-bs long
     lens_dev = torch.cat([seq_lens, torch.tensor([99])])  # a padded seq_lens view
-    got = full_tree_mask(big.to(DEVICE), lens_dev.to(DEVICE), seq_lens, 4)
-    assert torch.equal(got, full_tree_mask_ref(tree, seq_lens, 4, device=DEVICE))
+    want = full_tree_mask_ref(tree, seq_lens, 4, device=DEVICE)
+    assert torch.equal(full_tree_mask(big.to(DEVICE), lens_dev.to(DEVICE), seq_lens, 4), want)
+    # the engine's path: upstream's whole host seq_lens buffer and the batch size, no slice
+    lens_cpu = torch.cat([seq_lens, torch.tensor([99, 7])])
+    assert torch.equal(full_tree_mask(big.to(DEVICE), lens_dev.to(DEVICE), lens_cpu, 4, bs=3), want)
 
 
 @pytest.mark.engine
