@@ -48,6 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launcher import launch
+
 ScaleLike = Union[float, torch.Tensor]
 
 _SRC_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -881,7 +883,7 @@ class KVCommitPlan:
                 raise ValueError("a plan with host (CPU) scale tensors cannot be captured in a "
                                  "CUDA graph: its scale re-read copies from the host")
             self.scale_table = self._read_scales()  # new, not in place: a queued launch reads the old
-        commit_accepted_kv_kernel[(num_entries, self.num_layers)](
+        launch(commit_accepted_kv_kernel, (num_entries, self.num_layers), (
             src_rows,
             dst_slots,
             dst_window,
@@ -895,11 +897,12 @@ class KVCommitPlan:
             accept_lens.shape[0] if accept_lens is not None else 0,
             accept_depth,
             window_width,
+        ), dict(
             COUNT=committed is not None,
             COUNT_ACCEPTED=accept_lens is not None and committed is not None,
             **variant,
             **self._meta,
-        )
+        ))
 
     __call__ = launch
 

@@ -117,6 +117,7 @@ import triton
 import triton.language as tl
 
 from sglang_nwor_scv.kernels.host_math import next_power_of_2
+from sglang_nwor_scv.kernels.launcher import launch
 
 __all__ = [
     "VerifyAcceptOutputs",
@@ -398,7 +399,7 @@ def launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
         return
     block_n = next_power_of_2(n)
     block_d = next_power_of_2(max_depth)
-    _verify_accept_greedy_kernel[(bs,)](
+    launch(_verify_accept_greedy_kernel, (bs,), (
         candidates,
         retrieve_index,
         retrieve_next_token,
@@ -415,12 +416,13 @@ def launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
         out.num_committed,
         out.workspace,
         bs,
+    ), dict(
         N=n,
         D=max_depth,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         num_warps=1 if block_n * block_d <= 1024 else 4,
-    )
+    ))
 
 
 def _check_inputs(

@@ -172,9 +172,10 @@ def test_host_us_per_step_interleaved(benchmark, upstream_reconstruct, bs, round
 def test_launch_host_us_decomposed(benchmark, rounds=30, calls=300, bs=1, n=8):
     """Where a plugin launch's host time goes (issue 14: "launchers cached"): the wrapper
     (host-side sizes, output allocation, launch), Triton's ``kernel[grid](...)`` alone (its
-    binder, cache key, globals check, launch) and the compiled kernel's own ``run`` with the
-    handle kept (what a cached launcher would pay), interleaved. The cached call must write
-    what Triton's launch writes."""
+    binder, cache key, globals check, launch), the plugin's launch (kernels/launcher.py: its
+    own key, then the kept kernel's ``run``) and that ``run`` alone, interleaved. Both kept
+    launches must write what Triton's launch writes."""
+    from sglang_nwor_scv.kernels.launcher import launch
     from tests.host_timing import interleaved_host_us
 
     c = _case(bs, n, [700], seed=5)
@@ -196,8 +197,15 @@ def test_launch_host_us_decomposed(benchmark, rounds=30, calls=300, bs=1, n=8):
     cached()
     torch.cuda.synchronize()
     assert all(torch.equal(w, g) for w, g in zip(want, (full, locs, *links), strict=True))
-    result = interleaved_host_us(benchmark, {  # second against first: cached against Triton's
+    for t in (full, locs, *links):
+        t.fill_(0)
+    launch(nd._ngram_draft_kernel, grid, args, consts)  # kernels/launcher.py: first keeps, then runs kept
+    launch(nd._ngram_draft_kernel, grid, args, consts)
+    torch.cuda.synchronize()
+    assert all(torch.equal(w, g) for w, g in zip(want, (full, locs, *links), strict=True))
+    result = interleaved_host_us(benchmark, {  # second against first: the plugin's launch against Triton's
         "triton launch": lambda: nd._ngram_draft_kernel[grid](*args, **consts),
+        "plugin launch": lambda: launch(nd._ngram_draft_kernel, grid, args, consts),
         "cached run": cached,
         "wrapper": lambda: nd.ngram_draft(**c, positions=links[0], retrieve_index=links[1],
                                           retrieve_next_token=links[2], retrieve_next_sibling=links[3],
