@@ -44,7 +44,7 @@ def test_the_key_is_finer_than_tritons_specialisation():
     (a misaligned pointer under an aligned kernel's vector loads)."""
     groups: dict = {}
     for a in _sample_args():
-        groups.setdefault(launcher._arg_key(a), set()).add(_triton_specialisation(a))
+        groups.setdefault(launcher._args_key([a]), set()).add(_triton_specialisation(a))
     mixed = {k: v for k, v in groups.items() if len(v) > 1}
     assert not mixed, mixed
     # ...and the key does tell apart what Triton tells apart
@@ -54,7 +54,7 @@ def test_the_key_is_finer_than_tritons_specialisation():
 def test_arguments_the_key_cannot_describe_are_refused():
     for a in ((1, 2), "x", object()):
         with pytest.raises(TypeError, match="no cached-launch key"):
-            launcher._arg_key(a)
+            launcher._args_key([a])
 
 
 def test_a_launch_hook_means_tritons_path():
