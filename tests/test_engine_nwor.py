@@ -13,6 +13,7 @@ import pytest
 
 from tools.engine_run import run_engine
 from tools.make_tiny_models import encode
+from tests.upstream_memo import upstream_run
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +39,7 @@ def _check_steps(run, expect_rows_per_req: int, expect_scv: bool = True):
 @pytest.mark.parametrize("spec", ["ngram-tree", "ngram-chain", "standalone-chain", "standalone-tree"])
 def test_outputs_identical_and_invariants(spec, tiny_models):
     prompts = [encode(p) for p in PROMPTS]
-    off = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    off = upstream_run(spec, tiny_models, prompts)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True)
     assert off.outputs == on.outputs
     assert all(len(o) > 0 for o in on.outputs)
@@ -53,7 +54,7 @@ def test_outputs_identical_and_invariants(spec, tiny_models):
 
 def test_batch_size_one_and_single_prompt(tiny_models):
     prompts = [encode("The lantern keeper mended")]
-    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False, max_new_tokens=16)
+    off = upstream_run("ngram-tree", tiny_models, prompts, max_new_tokens=16)
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True, max_new_tokens=16)
     assert off.outputs == on.outputs
     _check_steps(on, expect_rows_per_req=4)
@@ -63,7 +64,7 @@ def test_batch_size_one_and_single_prompt(tiny_models):
 def test_each_feature_alone(nwor, scv, tiny_models):
     """NWOR with upstream's verify (commit list from torch glue), and SCV alone."""
     prompts = [encode(p) for p in PROMPTS[:2]]
-    off = run_engine("standalone-tree", tiny_models, prompts, plugin_on=False)
+    off = upstream_run("standalone-tree", tiny_models, prompts)
     on = run_engine("standalone-tree", tiny_models, prompts, plugin_on=True,
                     extra_env={"SGLANG_NWOR_MODE": nwor, "SGLANG_SCV_MODE": scv})
     assert off.outputs == on.outputs
@@ -87,7 +88,7 @@ def test_refused_configuration_runs_upstream_with_the_one_launch_move(move, tiny
                     extra_env={"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": move,
                                "SGLANG_NWOR_SCV_TOTALS": str(totals),
                                "SGLANG_NWOR_SCV_LOG_INTERVAL": "1"})
-    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
+    off = upstream_run("ngram-tree", tiny_models, prompts)
     assert on.outputs == off.outputs
     assert not on.steps
     err = capfd.readouterr().err

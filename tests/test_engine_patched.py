@@ -21,6 +21,7 @@ import sglang  # the parent process keeps the installed, unpatched package
 from test_engine_nwor import PROMPTS, _check_steps
 from tools.engine_run import run_engine
 from tools.make_tiny_models import encode
+from tests.upstream_memo import upstream_run
 
 pytestmark = pytest.mark.engine
 
@@ -76,7 +77,7 @@ def test_patched_modules_import_with_and_without_the_package(patched_site):
 def test_patched_tree_plugin_off_matches_upstream(spec, tiny_models, patched_site, tmp_path):
     spec, _, no_draft = spec.partition("+")  # +no-draft: SGLANG_SCV_NGRAM_DRAFT=0 (patch 0007 too)
     prompts = [encode(p) for p in PROMPTS]
-    upstream = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    upstream = upstream_run(spec, tiny_models, prompts)
     totals = tmp_path / "totals.json"
     patched = run_engine(spec, tiny_models, prompts, plugin_on=False,
                          extra_pythonpath=(str(patched_site),),

@@ -18,6 +18,7 @@ import pytest
 
 from tools.engine_run import REPO, run_engine
 from tools.make_tiny_models import encode
+from tests.upstream_memo import upstream_run
 
 pytestmark = pytest.mark.engine
 
@@ -33,7 +34,7 @@ def test_nan_logits_on_some_verify_steps(spec, tiny_models):
               extra_plugins=("fault_injection",), max_new_tokens=20)
     off = run_engine(spec, tiny_models, prompts, plugin_on=False, **kw)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True, **kw)
-    clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20)
+    clean = upstream_run(spec, tiny_models, prompts, max_new_tokens=20)
     assert off.outputs != clean.outputs, "the fault changed nothing: it was not injected"
     assert on.outputs == off.outputs, ("plugin on differs from upstream under the same fault",
                                        on.outputs, off.outputs)
@@ -75,7 +76,7 @@ def _fault_then_retry(kind, spec, tiny_models, tmp_path, **engine_kw):
 
     off, off_faults, _ = run(False, "off")
     on, on_faults, totals = run(True, "on")
-    clean = run_engine(spec, tiny_models, prompts, plugin_on=False, max_new_tokens=20, **engine_kw)
+    clean = upstream_run(spec, tiny_models, prompts, max_new_tokens=20, **engine_kw)
     assert off_faults == on_faults == [f"{kind} 2", f"{kind} 5"], (off_faults, on_faults)
     # separate checks, so a GPU log says which side broke (run 31 lost the message)
     assert off.outputs == clean.outputs, ("upstream alone: the retried step changed the outputs",

@@ -14,6 +14,7 @@ import torch
 from sglang_nwor_scv.kernels.ngram_mask import full_tree_mask, full_tree_mask_ref
 from tools.engine_run import run_engine
 from tools.make_tiny_models import encode
+from tests.upstream_memo import upstream_run
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +59,7 @@ def test_engine_outputs_identical_with_the_mask_kernel(spec, tiny_models, tmp_pa
     spec, _, no_draft = spec.partition("+")
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     totals = tmp_path / "totals.json"
-    off = run_engine(spec, tiny_models, prompts, plugin_on=False)
+    off = upstream_run(spec, tiny_models, prompts)
     on = run_engine(spec, tiny_models, prompts, plugin_on=True,  # the kernels are defaults
                     extra_env={"SGLANG_NWOR_SCV_TOTALS": str(totals), "SGLANG_NWOR_SCV_LOG_INTERVAL": "1",
                                **({"SGLANG_SCV_NGRAM_DRAFT": "0"} if no_draft else {})})
@@ -75,7 +76,7 @@ def test_engine_outputs_identical_with_the_draft_kernel(tiny_models, tmp_path):
     upstream's and the invariants hold (the cache locations decide where the KV goes)."""
     prompts = [encode(p) for p in ("The old miller watched", "Seven stones", "The village bell")]
     totals = tmp_path / "totals.json"
-    off = run_engine("ngram-tree", tiny_models, prompts, plugin_on=False)
+    off = upstream_run("ngram-tree", tiny_models, prompts)
     on = run_engine("ngram-tree", tiny_models, prompts, plugin_on=True,
                     extra_env={"SGLANG_SCV_NGRAM_DRAFT": "1", "SGLANG_NWOR_SCV_TOTALS": str(totals),
                                "SGLANG_NWOR_SCV_LOG_INTERVAL": "1", "SGLANG_NWOR_SCV_DEBUG": "1"})
