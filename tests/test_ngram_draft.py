@@ -169,14 +169,18 @@ def test_host_us_per_step_interleaved(benchmark, upstream_reconstruct, bs, round
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="host time of GPU launches")
-def test_launch_host_us_decomposed(benchmark, rounds=30, calls=300, bs=1, n=8):
+def test_launch_host_us_decomposed(benchmark, monkeypatch, rounds=30, calls=300, bs=1, n=8):
     """Where a plugin launch's host time goes (issue 14: "launchers cached"): the wrapper
     (host-side sizes, output allocation, launch), Triton's ``kernel[grid](...)`` alone (its
     binder, cache key, globals check, launch), the plugin's launch (kernels/launcher.py: its
     own key, then the kept kernel's ``run``) and that ``run`` alone, interleaved. Both kept
     launches must write what Triton's launch writes."""
+    from sglang_nwor_scv.kernels import launcher
     from sglang_nwor_scv.kernels.launcher import launch
     from tests.host_timing import interleaved_host_us
+
+    monkeypatch.setattr(launcher, "_enabled", [True])  # whatever the switch's default
+    monkeypatch.setattr(launcher, "_kept", {})
 
     c = _case(bs, n, [700], seed=5)
     links = _links(bs, n)
