@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launcher import launch
+from .launcher import launch as launch_kernel
 
 ScaleLike = Union[float, torch.Tensor]
 
@@ -883,7 +883,7 @@ class KVCommitPlan:
                 raise ValueError("a plan with host (CPU) scale tensors cannot be captured in a "
                                  "CUDA graph: its scale re-read copies from the host")
             self.scale_table = self._read_scales()  # new, not in place: a queued launch reads the old
-        launch(commit_accepted_kv_kernel, (num_entries, self.num_layers), (
+        launch_kernel(commit_accepted_kv_kernel, (num_entries, self.num_layers), (
             src_rows,
             dst_slots,
             dst_window,

@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .commit_kv import _to_device_async  # host table -> device, no host sync
 from .host_math import next_power_of_2
-from .launcher import launch
+from .launcher import launch as launch_kernel
 
 _TILE_BYTES = 512  # bytes of one row a program moves (x its request's accepted rows)
 
@@ -189,7 +189,7 @@ class KVMovePlan:
                         ("out_cache_loc", out_cache_loc)):
             if x.device != self.device:
                 raise ValueError(f"{name} is on {x.device}, the pool on {self.device}")
-        launch(_move_accepted_kv_kernel, (bs, self.num_buffers, self.num_tiles), (
+        launch_kernel(_move_accepted_kv_kernel, (bs, self.num_buffers, self.num_tiles), (
             self.ptr_table, self.row_words, accept_index, num_correct_drafts, out_cache_loc,
             accept_index.stride(0), depth, width),
             dict(WORD=self._word, BLOCK_D=next_power_of_2(depth), TILE=self.tile, num_warps=4))

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from sglang_nwor_scv.kernels.host_math import cdiv, next_power_of_2
-from sglang_nwor_scv.kernels.launcher import launch
+from sglang_nwor_scv.kernels.launcher import launch as launch_kernel
 from sglang_nwor_scv.kernels.ngram_mask import full_mask_tile, full_tree_mask_ref
 
 _BLOCK = 512  # mask columns per program
@@ -141,7 +141,7 @@ def _launch(grid, args, consts):
     """Triton's launch alone: its own phase clock (``kernel.ngram_draft.launch``) splits the
     wrapper's host time from the launch's (run 54 clocked the whole at 208 µs a step in the
     engine; run 49's loop benchmark gave 40 µs a call)."""
-    launch(_ngram_draft_kernel, grid, args, consts)
+    launch_kernel(_ngram_draft_kernel, grid, args, consts)
 
 
 def launch_args(tree_mask, seq_lens, req_pool_indices, req_to_token, full, locs, links,

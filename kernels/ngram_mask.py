@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from sglang_nwor_scv.kernels.host_math import cdiv
-from sglang_nwor_scv.kernels.launcher import launch
+from sglang_nwor_scv.kernels.launcher import launch as launch_kernel
 
 _BLOCK = 512  # mask columns per program
 _BS_BLOCK = 16  # earlier requests' lengths summed per loop step (small: a chunk per program)
@@ -94,6 +94,7 @@ def full_tree_mask(tree_mask: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu
         return out
     width = max(lens) + n
     grid = (bs, n, cdiv(width, _BLOCK))
-    launch(_full_tree_mask_kernel, grid, (tree_mask.view(torch.uint8), seq_lens, out.view(torch.uint8)),
-           dict(N=n, BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK))
+    launch_kernel(_full_tree_mask_kernel, grid,
+                  (tree_mask.view(torch.uint8), seq_lens, out.view(torch.uint8)),
+                  dict(N=n, BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK))
     return out

@@ -117,7 +117,7 @@ import triton
 import triton.language as tl
 
 from sglang_nwor_scv.kernels.host_math import next_power_of_2
-from sglang_nwor_scv.kernels.launcher import launch
+from sglang_nwor_scv.kernels.launcher import launch as launch_kernel
 
 __all__ = [
     "VerifyAcceptOutputs",
@@ -399,7 +399,7 @@ def launch_verify_accept_greedy(candidates, retrieve_index, retrieve_next_token,
         return
     block_n = next_power_of_2(n)
     block_d = next_power_of_2(max_depth)
-    launch(_verify_accept_greedy_kernel, (bs,), (
+    launch_kernel(_verify_accept_greedy_kernel, (bs,), (
         candidates,
         retrieve_index,
         retrieve_next_token,

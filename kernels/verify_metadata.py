@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from sglang_nwor_scv.kernels.host_math import cdiv
-from sglang_nwor_scv.kernels.launcher import launch
+from sglang_nwor_scv.kernels.launcher import launch as launch_kernel
 
 _BLOCK = 1024  # kv_indices / mask elements per loop step
 _BS_BLOCK = 16  # earlier requests' lengths summed per loop step
@@ -114,7 +114,7 @@ def target_verify_buffers(qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_bu
     else:  # no copying program runs: any byte pointer will do (there may be no mask buffer)
         mask_in = mask_out = seq_lens.view(torch.uint8)
     grid = (bs + cdiv(mask_len, _MASK_CHUNK),)
-    launch(_target_verify_buffers_kernel, grid, (
+    launch_kernel(_target_verify_buffers_kernel, grid, (
         qo_indptr, kv_indptr, kv_indices, mask_indptr, mask_out, mask_in,
         req_to_token, req_pool_indices, seq_lens, bs, mask_len, req_to_token.stride(0)),
         dict(N=int(num_draft), BLOCK=_BLOCK, BS_BLOCK=_BS_BLOCK, MASK_CHUNK=_MASK_CHUNK))
