@@ -13,7 +13,9 @@ the compiled kernel it returns; later launches of that specialisation call the k
 each tensor's dtype and 16-byte alignment, each integer's ==1, %16 and width, the
 constexpr values and options), so a kept kernel is always the one Triton would pick.
 Triton's own path runs instead under the interpreter (the CPU), while a launch hook is set
-(a profiler wants every launch), or when ``SGLANG_SCV_CACHED_LAUNCH=0``.
+(a profiler wants every launch), or when ``SGLANG_SCV_CACHED_LAUNCH=0``. On by default
+since H100 run 58: the GPU cases of tests/test_launcher.py and NGRAM engine identity under
+CUDA graphs with it on; 16.5 -> 10.9 µs a launch in a loop.
 """
 
 from __future__ import annotations

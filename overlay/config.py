@@ -144,11 +144,11 @@ SWITCHES: tuple[Switch, ...] = (
            "SGLang 0.5.17, Triton attention, CUDA graphs: fill a replayed verify graph's "
            "attention metadata in one kernel instead of about 9 dispatches (bit-identical; "
            "about 120 µs of host time a step on an H100)", _bool),
-    Switch("SGLANG_SCV_CACHED_LAUNCH", "cached_launch", "boolean", "0",
+    Switch("SGLANG_SCV_CACHED_LAUNCH", "cached_launch", "boolean", "1",
            "GPU: launch the plugin's per-step kernels through the compiled kernel Triton "
            "returned for the same specialisation, not `kernel[grid](...)` (the same launch "
-           "without Triton's per-call binding, cache key and checks); opt-in until a GPU run "
-           "has checked it", _bool),
+           "without Triton's per-call binding, cache key and checks; 16.5 -> 10.9 µs a launch "
+           "on an H100, run 58)", _bool),
     Switch("SGLANG_NWOR_MOVE", "move", "boolean", "1",
            "unstaged steps: replace upstream's post-verify KV move by one launch "
            "that copies only the rows that move", _bool),
@@ -189,7 +189,7 @@ class Modes:
     ngram_mask: bool = True
     ngram_draft: bool = True
     verify_metadata: bool = True
-    cached_launch: bool = False
+    cached_launch: bool = True
     debug: bool = False
     step_log: str | None = None
     log_interval: int = 100
@@ -218,7 +218,7 @@ class Modes:
 
 
 STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False,
-                   ngram_draft=False, verify_metadata=False)
+                   ngram_draft=False, verify_metadata=False, cached_launch=False)
 
 
 def parse(environ: Mapping[str, str]) -> Modes:

@@ -2,9 +2,9 @@
 # A session's first device call, whichever card comes (docs/status.md "Open"): a cold start
 # costs 90-195 s and the card is not chosen, so the call branches on it.
 #   H200 (issue 15's missing card): the four-mode 8B latency group, ci/gpu/latency_call.sh.
-#   H100: call A, the checks that decide SGLANG_SCV_CACHED_LAUNCH's default (the cold-machine
-#         mask-kernel engine test, the launcher's GPU cases and host time, engine identity
-#         under graphs with EAGLE3 topk 2 and the host-sync test), all with the launcher on.
+#   H100: call A (the cold-machine mask-kernel engine test, the cached launcher's GPU cases
+#         and host time, engine identity under graphs with EAGLE3 topk 2 and the host-sync
+#         test), with the launcher on (its default since run 58; set here for older trees).
 # Device tool:  run(command="bash ci/gpu/first_call.sh $OUT", carry=[".wheelhouse"])
 # The next call on the same warm machine: `FIRST_CALL=other bash ci/gpu/first_call.sh $OUT`
 # runs the branch the other card would have run (call A on an H200, call B on an H100).
