@@ -28,6 +28,9 @@ from triton import knobs
 _Tensor = torch.Tensor
 _kept: dict = {}  # (kernel, key) -> (compiled kernel's run, function, metadata, constexpr tail)
 _enabled: list[bool] = []  # decided on the first launch: the switch, and not the interpreter
+# launches by path since the last ``take_counts``: the totals file and /metrics show that the
+# engine's launches take the kept path (the switch reaching the engine does not prove it)
+_counts = {"kept": 0, "triton": 0}
 
 
 def launch(kernel, grid, args, consts) -> None:
@@ -37,6 +40,7 @@ def launch(kernel, grid, args, consts) -> None:
     if not _enabled:
         _enabled.append(_wanted())
     if not _enabled[0] or _hooks_set():
+        _counts["triton"] += 1
         kernel[grid](*args, **consts)
         return
     device = torch.cuda.current_device()
@@ -44,16 +48,27 @@ def launch(kernel, grid, args, consts) -> None:
         key = (kernel, _args_key(args), tuple(consts.items()), device)
         kept = _kept.get(key)
     except TypeError:  # an argument (or constexpr) this key cannot describe: Triton's path
+        _counts["triton"] += 1
         kernel[grid](*args, **consts)
         return
     if kept is None:
+        _counts["triton"] += 1
         _keep(key, kernel, grid, args, consts)
         return
+    _counts["kept"] += 1
     run, function, metadata, tail = kept
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
     run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device), function, metadata, None, None, None,
         *args, *tail)
+
+
+def take_counts() -> dict:
+    """Launches by path (``kept``: the kept kernel's ``run``; ``triton``: ``kernel[grid]``)
+    since the last call, and zero them."""
+    out = dict(_counts)
+    _counts.update(kept=0, triton=0)
+    return out
 
 
 def _keep(key, kernel, grid, args, consts) -> None:

@@ -18,6 +18,7 @@ import torch
 from sglang_nwor_scv import debug_checks, kernel_guard, ngram_mask, scv, sync_check, verify_metadata
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.json_file import write_json_atomically
+from sglang_nwor_scv.kernels import launcher
 from sglang_nwor_scv.state import RunnerState, all_states, existing_state
 
 logger = logging.getLogger("sglang_nwor_scv")
@@ -127,6 +128,8 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     counter and count every earlier read that has landed (debug / step-log modes, and
     ``read_now``, wait for the device and read at once)."""
     counts = scv.take_counts()
+    launches = launcher.take_counts()
+    st.metrics.add(launches_kept=launches["kept"], launches_triton=launches["triton"])
     st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(),
                    ngram_draft_kernel=ngram_mask.take_count("draft"),

@@ -32,6 +32,10 @@ _NAMES = {
                            "links, full mask and cache locations one kernel wrote"),
     "verify_metadata_kernel": ("sglang:scv_verify_metadata_kernel_steps", "Replayed verify "
                                "graphs whose attention metadata one kernel filled"),
+    "launches_kept": ("sglang:scv_kernel_launches_cached", "Plugin kernel launches through the "
+                      "compiled kernel kept for their specialisation (SGLANG_SCV_CACHED_LAUNCH)"),
+    "launches_triton": ("sglang:scv_kernel_launches_triton", "Plugin kernel launches through "
+                        "Triton's kernel[grid] (first of a specialisation, interpreter, switch off)"),
     "host_syncs": ("sglang:nwor_scv_host_syncs", "Host syncs inside the plugin's sites (sync check on)"),
 }
 

@@ -105,9 +105,12 @@ def test_under_the_interpreter_nothing_is_kept(monkeypatch):
     monkeypatch.setattr(launcher, "_kept", {})
     monkeypatch.setattr(launcher, "_enabled", [])
     tree, lens = _mask_case(3, 4, seed=1)
+    launcher.take_counts()
     got = full_tree_mask(tree, lens, lens, 4)
     assert torch.equal(got, full_tree_mask_ref(tree, lens, 4))
     assert launcher._enabled == [False] and launcher._kept == {}
+    assert launcher.take_counts() == {"kept": 0, "triton": 1}
+    assert launcher.take_counts() == {"kept": 0, "triton": 0}  # taken: zeroed
 
 
 @pytest.mark.gpu
@@ -130,11 +133,13 @@ def test_a_kept_launch_writes_what_tritons_launch_writes(monkeypatch):
         raise AssertionError("a kept specialisation went through JITFunction.run")
 
     monkeypatch.setattr(JITFunction, "run", no_triton)
+    launcher.take_counts()
     for seed in range(3, 8):  # same specialisation, other values
         t, ln = _mask_case(32, n, seed=seed)
         got = full_tree_mask(t.to(DEVICE), ln.to(DEVICE), ln, n)
         assert torch.equal(got.cpu(), full_tree_mask_ref(t, ln, n))
     assert len(launcher._kept) == 1
+    assert launcher.take_counts() == {"kept": 5, "triton": 0}
     assert torch.equal(first.cpu(), full_tree_mask_ref(tree[: 32 * n * n], lens, n))
     monkeypatch.setattr(JITFunction, "run", real_run)
     shifted = dev_tree[1:]  # 1 byte off: Triton drops the pointer's alignment

@@ -167,6 +167,8 @@ def test_verify_metadata_kernel_identity_under_graphs(tiny_models, tmp_path):
                                  tiny_models, tmp_path / "totals.json")
     assert off.outputs == on.outputs
     assert t["verify_metadata_kernel"] > 0, t
+    # the cached launcher is on by default: the engine's launches really take the kept path
+    assert t["launches_kept"] > 0 and t["launches_kept"] + t["launches_triton"] >= 2 * t["verify_steps"], t
     _check_steps(on.steps, graph=True)
 
 
