@@ -20,6 +20,7 @@ import pytest
 from sglang_nwor_scv.phases import PhaseClock
 from tools.engine_run import REPO
 from tools.measure_latency import (MIN_ROUNDS, _diff, bootstrap_ci, critical_path, paired_difference,
+                                   post_verify,
                                    phase_delta, round_fits)
 
 
@@ -132,6 +133,9 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
                          cache_locs, "forward.batch_init", "spec.ngram.corpus_get",
                          "spec.ngram.corpus_sync", "loop.sampling_copy", "loop.copy_to_cpu"):
                 assert ph[name]["calls"] > 0.5, (mode, name, ph)
+            # the tiny pair accepts for real (no SGLANG_SIMULATE_ACC_LEN), so the simulated
+            # acceptance's clock never runs; the GPU's dummy-weight runs clock it
+            assert "spec.simulate" not in ph, ph
             if mode == "default":
                 assert ph.get("spec.cache_locs", {}).get("calls", 0) == 0, ph
                 assert ph["kernel.ngram_draft"]["us"] >= ph["kernel.ngram_draft.launch"]["us"] > 0, ph
@@ -157,7 +161,8 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
     assert kept + triton >= 2 * totals["verify_steps"] > 0, totals
     if os.environ.get("TRITON_INTERPRET") == "1":
         assert kept == 0, totals
-    assert "| 2 | `default` |" in (tmp_path / "latency.md").read_text()
+    report = (tmp_path / "latency.md").read_text()
+    assert "| 2 | `default` |" in report and "## Post-verify host time (issue 14)" in report
 
 
 def test_critical_path_sums_the_phases_around_the_verify_launch():
@@ -172,6 +177,29 @@ def test_critical_path_sums_the_phases_around_the_verify_launch():
     assert c == {"iteration": 10_000, "gpu_idle": 2_500, "before_launch": 2_500, "draft": 2_000,
                  "overlapped": 355, "after_launch": 520}
     assert critical_path({"phases_us": ph, "gpu_active": None})["gpu_idle"] is None
+
+
+def test_post_verify_leaves_out_the_simulated_acceptance_and_compares_at_the_same_bs():
+    def point(bs, mode, accept, simulate, commit, move):
+        return {"bs": bs, "mode": mode, "phases_us": {
+            "spec.accept": {"us": accept}, "spec.simulate": {"us": simulate},
+            "spec.commit": {"us": commit}, "spec.kv_move": {"us": move}}}
+
+    rows = post_verify([point(1, "plugin-off", 300, 100, 30, 170),
+                        point(1, "plugin-off-native-move", 300, 100, 30, 1_270),
+                        point(1, "default", 350, 100, 100, 0),
+                        {"bs": 32, "mode": "default", "phases_us": {  # not simulated, no baseline
+                            "spec.accept": {"us": 400}, "spec.commit": {"us": 100}}},
+                        {"bs": 1, "mode": "no-spec", "phases_us": {"loop.output": {"us": 5}}}])
+    by = {(r["bs"], r["mode"]): r for r in rows}
+    assert (1, "no-spec") not in by  # plain decoding has no verify
+    assert by[(1, "plugin-off")]["post_verify"] == 500 and by[(1, "plugin-off")]["simulation"] == 100
+    d = by[(1, "default")]
+    assert d["without_simulation"] == 350
+    assert d["x_lower_than_plugin-off"] == 400 / 350
+    assert d["x_lower_than_plugin-off-native-move"] == 1_500 / 350
+    assert by[(32, "default")]["x_lower_than_plugin-off"] is None
+    assert by[(32, "default")]["simulation"] is None and by[(32, "default")]["without_simulation"] == 500
 
 
 def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():

@@ -345,6 +345,35 @@ AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus
                 "loop.copy_to_cpu")
 
 
+POST_VERIFY = ("spec.accept", "spec.commit", "spec.kv_move")  # issue 14: acceptance, commit, move
+SIMULATION = "spec.simulate"  # inside spec.accept: SGLANG_SIMULATE_ACC_LEN's stand-in acceptance
+
+
+def post_verify(points: list[dict]) -> list[dict]:
+    """Issue 14's post-verify host µs per busy iteration (``POST_VERIFY``, inclusive) per point,
+    the simulated acceptance inside it, and the total without it, with how many times lower
+    each is than plugin-off's and the native move's at the same bs (baselines carry the
+    simulation too; production runs none of it)."""
+    def us(point, names):
+        return sum(point["phases_us"].get(n, {}).get("us") or 0 for n in names)
+
+    rows = []
+    for p in points:
+        if "spec.accept" not in p["phases_us"]:
+            continue
+        total = us(p, POST_VERIFY)
+        sim = us(p, (SIMULATION,)) if SIMULATION in p["phases_us"] else None  # None: no clock ran
+        rows.append({"bs": p["bs"], "mode": p["mode"], "post_verify": total, "simulation": sim,
+                     "without_simulation": total - (sim or 0)})
+    base = {(r["bs"], r["mode"]): r["without_simulation"] for r in rows}
+    for r in rows:
+        for b in ("plugin-off", "plugin-off-native-move"):
+            theirs = base.get((r["bs"], b))
+            r[f"x_lower_than_{b}"] = (theirs / r["without_simulation"]
+                                      if theirs and r["without_simulation"] else None)
+    return rows
+
+
 def critical_path(point: dict) -> dict:
     """µs per busy iteration: the GPU's idle time beside the host phases before the verify
     launch (serial with the GPU), the loop's phases (overlapped with it) and the phases after
@@ -429,6 +458,24 @@ def markdown(meta: dict, points: list[dict]) -> str:
                      + ("–" if c["gpu_idle"] is None else f"{c['gpu_idle']:.0f}")
                      + f" | {c['before_launch']:.0f} | {c['draft']:.0f} | {c['overlapped']:.0f}"
                      f" | {c['after_launch']:.0f} |")
+    pv = post_verify(points)
+    if pv:
+        def ratio(x):
+            return "–" if x is None else f"{x:.2f}x"
+
+        lines += ["", "## Post-verify host time (issue 14)", "",
+                  "µs per busy iteration in " + " + ".join(f"`{n}`" for n in POST_VERIFY)
+                  + f" (inclusive), the simulated acceptance inside it (`{SIMULATION}`, every mode "
+                  "alike; production runs none; – where it did not run or was not clocked), and "
+                  "the total without it; *x lower* compares totals without it against the "
+                  "baseline's at the same bs.", "",
+                  "| bs | mode | post-verify µs | of which simulated acceptance µs | without it µs "
+                  "| x lower than plugin-off | x lower than native move |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['bs']} | `{r['mode']}` | {r['post_verify']:.0f} | "
+                  + ("–" if r["simulation"] is None else f"{r['simulation']:.0f}")
+                  + f" | {r['without_simulation']:.0f} | {ratio(r['x_lower_than_plugin-off'])} | "
+                  f"{ratio(r['x_lower_than_plugin-off-native-move'])} |" for r in pv]
     lines += ["", "## Host time per busy scheduler iteration, by phase (µs, median over repeats)", ""]
     modes = list(dict.fromkeys(p["mode"] for p in points))
     for bs in sorted({p["bs"] for p in points}):

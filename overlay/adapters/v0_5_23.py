@@ -99,6 +99,10 @@ PHASES = {
     "graph.load_batch": ("sglang.srt.model_executor.runner.decode_cuda_graph_runner."
                          "DecodeCudaGraphRunner.load_batch"),
     "spec.accept": _spec + "eagle_utils.eagle_sample",
+    # inside spec.accept, latency runs only: SGLANG_SIMULATE_ACC_LEN's stand-in acceptance
+    # (about six dispatches a step, every mode alike; production never runs it), so a report
+    # can give the post-verify host time without it (issue 14's criterion)
+    "spec.simulate": _spec + "spec_utils.generate_simulated_accept_index",
     "spec.commit": TARGETS["after_accept"],
     "spec.kv_move": TARGETS["accept_move"],
     # the plugin's own work inside those phases (runs 27/29: spec.commit took 160-230 µs more
