@@ -129,8 +129,8 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
     ``read_now``, wait for the device and read at once)."""
     counts = scv.take_counts()
     launches = launcher.take_counts()
-    st.metrics.add(launches_kept=launches["kept"], launches_triton=launches["triton"])
-    st.metrics.add(scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
+    st.metrics.add(launches_kept=launches["kept"], launches_triton=launches["triton"],
+                   scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(),
                    ngram_draft_kernel=ngram_mask.take_count("draft"),
                    verify_metadata_kernel=verify_metadata.take_count(), host_syncs=sync_check.take())

@@ -20,8 +20,7 @@ import pytest
 from sglang_nwor_scv.phases import PhaseClock
 from tools.engine_run import REPO
 from tools.measure_latency import (MIN_ROUNDS, _diff, bootstrap_ci, critical_path, paired_difference,
-                                   post_verify,
-                                   phase_delta, round_fits)
+                                   phase_delta, post_verify, round_fits)
 
 
 def _spin(ns: int) -> None:

@@ -345,6 +345,11 @@ AFTER_LAUNCH = ("spec.accept", "spec.commit", "spec.kv_move", "spec.ngram.corpus
                 "loop.copy_to_cpu")
 
 
+def _phases_us(phases: dict, names) -> float:
+    """Inclusive µs of ``names`` summed (a phase this run lacks counts 0)."""
+    return sum(phases.get(n, {}).get("us") or 0 for n in names)
+
+
 POST_VERIFY = ("spec.accept", "spec.commit", "spec.kv_move")  # issue 14: acceptance, commit, move
 SIMULATION = "spec.simulate"  # inside spec.accept: SGLANG_SIMULATE_ACC_LEN's stand-in acceptance
 
@@ -354,15 +359,13 @@ def post_verify(points: list[dict]) -> list[dict]:
     the simulated acceptance inside it, and the total without it, with how many times lower
     each is than plugin-off's and the native move's at the same bs (baselines carry the
     simulation too; production runs none of it)."""
-    def us(point, names):
-        return sum(point["phases_us"].get(n, {}).get("us") or 0 for n in names)
-
     rows = []
     for p in points:
-        if "spec.accept" not in p["phases_us"]:
+        ph = p["phases_us"]
+        if "spec.accept" not in ph:
             continue
-        total = us(p, POST_VERIFY)
-        sim = us(p, (SIMULATION,)) if SIMULATION in p["phases_us"] else None  # None: no clock ran
+        total = _phases_us(ph, POST_VERIFY)
+        sim = _phases_us(ph, (SIMULATION,)) if SIMULATION in ph else None  # None: no clock ran
         rows.append({"bs": p["bs"], "mode": p["mode"], "post_verify": total, "simulation": sim,
                      "without_simulation": total - (sim or 0)})
     base = {(r["bs"], r["mode"]): r["without_simulation"] for r in rows}
@@ -382,7 +385,7 @@ def critical_path(point: dict) -> dict:
     ph = point["phases_us"]
 
     def us(names):
-        return sum(ph.get(n, {}).get("us") or 0 for n in names)
+        return _phases_us(ph, names)
 
     iteration = us(("loop.iteration",))
     active = point.get("gpu_active")
