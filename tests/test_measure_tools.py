@@ -211,3 +211,6 @@ def test_eagle3_latency_spec_gets_a_dummy_head_reading_existing_layers(tmp_path)
         assert len(set(aux)) == 3 and all(0 <= a and a + 1 < layers for a in aux)
         plain = build_engine_kwargs("llama3-8b", "eagle3-chain", target, max_bs=8, mode="no-spec")
         assert not any(k.startswith("speculative_") for k in plain)
+        assert kw["attention_backend"] == plain["attention_backend"] == "triton"
+    fa3 = build_engine_kwargs("llama3-8b", "ngram-tree-n8", target, max_bs=8, attention_backend="fa3")
+    assert fa3["attention_backend"] == "fa3"

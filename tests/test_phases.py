@@ -208,10 +208,10 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
 
     from tools.measure_latency import merge_runs, summarize
 
-    def report(card, offsets):
+    def report(card, offsets, **setup):
         meta = {"card": card, "model": "m", "spec": "s", "tokens": 8, "acceptance": "a",
                 "versions": "v", "flush_before_batch": True, "modes": ["plugin-off", "default"],
-                "bs": [1], "command": "c"}
+                "bs": [1], "command": "c", **setup}
         runs = [{"mode": m, "bs": 1, "repeat": r, "ms_per_step": base + d, "ms_per_token": 1.0,
                  "gpu_active": None, "phases": {}}
                 for r, base in enumerate(offsets) for m, d in (("plugin-off", 1.0), ("default", 0.0))]
@@ -226,6 +226,10 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
     assert point["n"] == 5 and point["vs_plugin-off"]["called"] and point["vs_plugin-off"]["ci95"][1] < 0
     with pytest.raises(SystemExit, match="card"):
         merge_runs([report("H100", [10]), report("H200", [10])])
+    # runs stored before the backend was recorded ran triton: they merge with triton runs only
+    assert merge_runs([report("H100", [10]), report("H100", [20], attention_backend="triton")])
+    with pytest.raises(SystemExit, match="attention_backend"):
+        merge_runs([report("H100", [10]), report("H100", [20], attention_backend="fa3")])
 
 
 def test_feature_modes_are_paired_against_the_default():

@@ -68,6 +68,7 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "no-spec": (False, {}),  # plain decoding: no speculative algorithm, no plugin
 }
 PLAIN_DECODING = frozenset({"no-spec"})
+ATTENTION_BACKENDS = ("triton", "fa3", "flashinfer")  # SGLang's names; fa3: its default for Llama on Hopper
 ALIASES = {"off": "upstream", "nwor+scv": "default", "nwor_off_scv_off": "upstream",
            "nwor_stage_scv_off": "nwor", "nwor_off_scv_graph": "scv", "nwor_stage_scv_graph": "default",
            "default-verify-metadata": "default", "default-ngram-draft": "default"}
@@ -114,10 +115,11 @@ def eagle3_head_for(model_dir: Path) -> Path:
 
 
 def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, mode: str | None = None,
-                        graphs: bool = True, tp: int = 1) -> dict:
+                        graphs: bool = True, tp: int = 1, attention_backend: str = "triton") -> dict:
     """Engine arguments for ``spec`` (tools/engine_run.SPEC_CONFIGS) on the ``tiny`` trained
     pair or the ``llama3-8b``-shaped dummy model in ``model_dir``; ``no-spec`` drops the
-    speculative arguments."""
+    speculative arguments. ``attention_backend``: SGLang's name (``triton``, the backend
+    NWOR stages on; ``fa3``, SGLang's default for Llama on Hopper; ``flashinfer``)."""
     if model == "tiny":
         kw = engine_kwargs(spec, model_dir)
         if has_cuda():
@@ -130,7 +132,7 @@ def build_engine_kwargs(model: str, spec: str, model_dir: Path, *, max_bs: int, 
                       speculative_draft_load_format="dummy")
     if mode in PLAIN_DECODING:
         kw = {k: v for k, v in kw.items() if not k.startswith("speculative_")}
-    kw.update(max_running_requests=max_bs, log_level="error")
+    kw.update(max_running_requests=max_bs, log_level="error", attention_backend=attention_backend)
     if has_cuda():
         kw["disable_cuda_graph"] = not graphs
         if graphs:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.engine_run import REPO, has_cuda  # noqa: E402
 from tools.realistic_model import SHAPE_NAMES, SHAPES, write_model  # noqa: E402
 from tools.measure_engine import (  # noqa: E402
+    ATTENTION_BACKENDS,
     PLAIN_DECODING,
     build_engine_kwargs,
     card,
@@ -194,7 +195,8 @@ class Resident:
         env["SGLANG_NWOR_SCV_PHASES"] = str(self.phases)
         if args.acc_len and args.model != "tiny" and mode not in PLAIN_DECODING:
             env["SGLANG_SIMULATE_ACC_LEN"] = str(args.acc_len)
-        kw = build_engine_kwargs(args.model, args.spec, model_dir, mode=mode, max_bs=max(args.bs))
+        kw = build_engine_kwargs(args.model, args.spec, model_dir, mode=mode, max_bs=max(args.bs),
+                                 attention_backend=args.attention_backend)
         kw.update(log_level="warning")
         if has_cuda() and len(args.modes) > 1:  # several engines share the card
             kw.update(mem_fraction_static=0.9, max_total_tokens=pool_tokens(args))
@@ -397,7 +399,8 @@ def critical_path(point: dict) -> dict:
 
 def markdown(meta: dict, points: list[dict]) -> str:
     lines = [f"# Latency per verify step, interleaved ({meta['card']})", "",
-             f"{meta['model']}; {meta['spec']}; {meta['repeats']} repeats asked per point "
+             f"{meta['model']}; {meta['spec']}; attention backend "
+             f"{meta.get('attention_backend', 'triton')}; {meta['repeats']} repeats asked per point "
              f"(completed: column n"
              + (f"; a batch size stopped once every plugin mode's paired difference against "
                 f"each baseline had a 95% CI of at most {meta['target_ci_points']:g} points"
@@ -561,6 +564,10 @@ def main() -> int:
                     help="llama3.2-1b: the host-bound small shape (16 layers, hidden 2048)")
     ap.add_argument("--layers", type=int, default=None, help="depth (default: the shape's own)")
     ap.add_argument("--spec", default="ngram-tree-n8")
+    ap.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="triton",
+                    help="every mode's attention backend: triton (NWOR stages only there) or "
+                         "SGLang's default on Hopper, fa3 (NWOR steps aside; the move, SCV and the "
+                         "NGRAM kernels still run)")
     ap.add_argument("--modes", default="no-spec,plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,32,128")
     ap.add_argument("--tokens", type=int, default=512)
@@ -618,6 +625,7 @@ def main() -> int:
     import torch
 
     meta = {"card": card(), "model": model, "spec": args.spec, "repeats": args.repeats,
+            "attention_backend": args.attention_backend,
             "target_ci_points": args.target_ci_points,
             "tokens": args.tokens, "acceptance": acceptance, "modes": args.modes, "bs": args.bs,
             "flush_before_batch": args.flush,
@@ -695,17 +703,23 @@ def main() -> int:
 
 
 SAME_SETUP = ("card", "model", "spec", "tokens", "acceptance", "versions", "flush_before_batch",
-              "staging_budget")
+              "staging_budget", "attention_backend")
+
+
+def _setup(meta: dict, key: str):
+    """One setup field of a stored run (runs before the backend was recorded used triton)."""
+    return meta.get(key, "triton" if key == "attention_backend" else None)
 
 
 def merge_runs(reports: list[dict]) -> tuple[dict, list[dict]]:
     """One set of runs from several calls of the same setup (a device call holds about five
     repeats of the 8B shape; more repeats narrow the intervals). Repeat rounds are renumbered
     so paired differences still pair runs of one round. Refuses reports whose card, model,
-    spec, tokens, acceptance or versions differ: those are not repeats of one experiment."""
+    spec, tokens, acceptance, versions or attention backend differ: those are not repeats of
+    one experiment."""
     first = reports[0]["meta"]
     for r in reports[1:]:
-        diff = [k for k in SAME_SETUP if r["meta"].get(k) != first.get(k)]
+        diff = [k for k in SAME_SETUP if _setup(r["meta"], k) != _setup(first, k)]
         if diff:
             raise SystemExit(f"cannot merge: the runs differ in {', '.join(diff)}")
     runs, offset = [], 0

@@ -14,6 +14,9 @@
 #   LATENCY_PART=verify-metadata [VM_SHAPE=small] bash ci/gpu/latency_call.sh OUT  (the
 #       one-launch verify-graph metadata: its GPU tests, then default with and without it)
 #   LATENCY_PART=ngram-draft [VM_SHAPE=small] ...  (the same for the NGRAM draft kernel)
+#   LATENCY_PART=fa3 bash ci/gpu/latency_call.sh OUT  (SGLang's default attention backend on
+#       Hopper: plugin-off, native move and default at bs 1 and 32; NWOR steps aside there, the
+#       move, SCV and the NGRAM kernels run)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -48,6 +51,11 @@ if [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" = 
   [ "${VM_SHAPE:-}" = small ] && S=(--model llama3.2-1b --layers 16)
   timeout -k 15 450 "${L[@]}" "${S[@]}" --out "$OUT/v" --modes "$M" --bs 1,32 --repeats 40 \
     --deadline-s 430 > "$OUT/v.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = fa3 ]; then
+  # what users with SGLang's defaults get: FA3 is its attention backend for Llama on Hopper
+  timeout -k 15 480 "${L[@]}" --attention-backend fa3 --out "$OUT/f" \
+    --modes plugin-off,plugin-off-native-move,default --bs 1,32 --repeats 40 \
+    --deadline-s 460 > "$OUT/f.log" 2>&1
 elif [ "${LATENCY_PART:-main}" = small-bs1 ]; then
   # run 36 left bs 1 on the 1B shape unresolved (bimodal rounds, 13%-wide intervals): many
   # short rounds of the three NGRAM modes at bs 1 only
