@@ -17,7 +17,7 @@ import pytest
 
 from tools.engine_run import REPO
 from tools.measure_ncu import parse_csv, split_steps, step_metrics
-from tools.trace_stats import steps_by_kernel, window_stats
+from tools.trace_stats import kernel_table, steps_by_kernel, window_stats
 
 
 @pytest.mark.engine
@@ -88,6 +88,11 @@ def test_window_stats_divide_the_whole_trace_by_verify_steps():
     assert w == {"kernels": 2.5, "launch_calls": 1.0, "graph_launches": 0.5, "api_calls": 1.5,
                  "gpu_us": 135.0, "step_us": 205.0, "kv_kernels": 0.5, "kv_gpu_us": 5.0}
     assert window_stats(events, 0) == {}
+    table = kernel_table(events + [ev("kernel", "gemm<128, 64>(float)", 500, 30)], 2)
+    assert [r["kernel"] for r in table] == ["gemm", "verify_tree", "commit_accepted_kv_kernel"]
+    assert table[0] == {"kernel": "gemm", "us_per_step": 90.0, "launches_per_step": 1.5,
+                        "us_per_launch": 60.0}
+    assert kernel_table(events, 0) == []
 
 
 def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):

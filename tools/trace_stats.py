@@ -16,6 +16,8 @@ off) ``window_stats`` also counts the whole profiled window, divided by its veri
 steps: every mode then gets the same method, prefill included in each alike.
 
     python tools/trace_stats.py TRACE.json[.gz]
+    python tools/trace_stats.py --kernels REGEX TRACE.json[.gz]
+        (GPU µs per verify step by kernel name; steps = launches of the kernel matching REGEX)
     python tools/trace_stats.py --update-profile OUT/profile.json --steps-kernel REGEX
         ((re)computes ``window`` from each run's trace; steps = launches of a kernel that
         runs once per verify step, e.g. 'VerifyTreeGreedy|_verify_accept_greedy_kernel')
@@ -106,6 +108,22 @@ def window_stats(events: list[dict], steps: int) -> dict:
     return {k: v / steps for k, v in totals.items()} if steps else {}
 
 
+def kernel_table(events: list[dict], steps: int, top: int = 20) -> list[dict]:
+    """GPU µs per verify step by kernel name (graph nodes included), largest first: where
+    the device time of a step goes, beside the host phases of tools/measure_latency.py.
+    Names are cut at the first ``(`` or ``<`` so template instances of one kernel add up."""
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "kernel" and e.get("ph") == "X":
+            name = re.split(r"[(<]", e.get("name", ""), maxsplit=1)[0].strip() or "?"
+            by_name.setdefault(name, []).append(float(e.get("dur", 0)))
+    if not steps:
+        return []
+    rows = [{"kernel": k, "us_per_step": sum(v) / steps, "launches_per_step": len(v) / steps,
+             "us_per_launch": sum(v) / len(v)} for k, v in by_name.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])[:top]
+
+
 def steps_by_kernel(events: list[dict], pattern: str) -> int:
     rx = re.compile(pattern)
     return sum(1 for e in events if e.get("cat") == "kernel" and rx.search(e.get("name", "")))
@@ -128,6 +146,16 @@ def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["--update-profile"]:
         update_profile(Path(args[1]), args[args.index("--steps-kernel") + 1])
+        return 0
+    if args[:1] == ["--kernels"]:
+        for path in args[2:]:
+            events = load(Path(path))
+            steps = steps_by_kernel(events, args[1])
+            print(f"{path}: {steps} verify steps (kernel /{args[1]}/)")
+            print("| kernel | GPU µs/step | launches/step | µs/launch |\n|---|---|---|---|")
+            for r in kernel_table(events, steps):
+                print(f"| `{r['kernel'][:80]}` | {r['us_per_step']:.1f} | {r['launches_per_step']:.2f} "
+                      f"| {r['us_per_launch']:.1f} |")
         return 0
     for path in args:
         print(path, json.dumps(summarize(load(Path(path))), indent=2))
