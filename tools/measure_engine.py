@@ -181,7 +181,8 @@ def run_config(args, spec: str, mode: str, model_dir: Path) -> tuple[list, list]
     t_start = time.perf_counter()
     try:
         engine = sgl.Engine(**build_engine_kwargs(args.model, spec, model_dir, mode=mode, graphs=args.graphs,
-                                                  tp=args.tp, max_bs=max(args.bs + [args.profile_bs])))
+                                                  tp=args.tp, max_bs=max(args.bs + [args.profile_bs]),
+                                                  attention_backend=args.attention_backend))
         start_s = time.perf_counter() - t_start
         vocab = 260 if args.model == "tiny" else 128256
         try:
@@ -227,7 +228,7 @@ def timed_point(args, engine, spec, mode, kind, bs, vocab, totals: Path, start_s
 
 
 def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
-    from tools.trace_stats import load, summarize, window_stats
+    from tools.trace_stats import kernel_table, load, summarize, window_stats
 
     trace_dir = args.out / "traces" / f"{spec}_{mode.replace('+', '_')}"
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +251,7 @@ def profile_batch(args, engine, spec: str, mode: str, vocab: int) -> dict:
             "steps": step["count"] if step else 0, "verify_steps": verify_steps,
             "verify_steps_from": "max meta_info spec_verify_ct",
             "window": window_stats(events, verify_steps),
+            "kernels": kernel_table(events, verify_steps),
             "per_step": {k: v for k, v in (step or {}).items() if k != "count"},
             "ranges": ranges, "trace": str(traces[-1].relative_to(args.out))}
 
@@ -302,6 +304,7 @@ def main() -> int:
     ap.add_argument("--model", choices=["tiny", "llama3-8b"], default="llama3-8b")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--specs", default="ngram-chain,ngram-tree-n8")
+    ap.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="triton")
     ap.add_argument("--modes", default="plugin-off,plugin-off-native-move,default")
     ap.add_argument("--bs", default="1,8,32,64,128")
     ap.add_argument("--sampling", default="greedy,sampling")
@@ -334,6 +337,7 @@ def main() -> int:
         model_dir = write_llama3_8b(Path(tempfile.mkdtemp(prefix="llama3-8b-")), args.layers)
         model_name = f"Llama-3-8B shape, {args.layers} layers, dummy weights"
     meta = {"card": card(), "model": model_name, "graphs": args.graphs, "tp": args.tp,
+            "attention_backend": args.attention_backend,
             "acc_len": args.acc_len if args.model != "tiny" else None}
     if args.in_process:
         run_config(args, args.specs, args.modes, model_dir)
