@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# SGLang's default attention backend on Hopper (FA3) with the plugin: what most H100/H200
+# users run, where NWOR steps aside and the move, SCV and the NGRAM kernels still run.
+#   FA3_PART=identity (default): the engine identity test on FA3 (NGRAM tree and chain, CUDA
+#     graphs), then where a verify step's GPU time goes (SGLang's profiler, bs 1, 8B shape,
+#     plugin-off, Triton and FA3; tools/trace_stats.py --kernels)
+#   FA3_PART=latency: ci/gpu/latency_call.sh's FA3 group (plugin-off, native move, default;
+#     bs 1 and 32)
+# Device tool:  run(command="bash ci/gpu/fa3_call.sh $OUT", carry=[".wheelhouse"])
+set -uo pipefail
+OUT=${1:?usage: fa3_call.sh OUT}
+cd "$(dirname "$0")/../.."
+eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
+export PATH=$PATH:/usr/local/cuda/bin TVM_FFI_CACHE_DIR=/tmp/tvmffi PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+if [ "${FA3_PART:-identity}" = latency ]; then
+  SKIP_MASK_TESTS=1 LATENCY_PART=fa3 bash ci/gpu/latency_call.sh "$OUT"
+  tail -n 40 "$OUT/f.log"
+else
+  bash ci/gpu/card.sh "$OUT"
+  timeout 230 python3 -m pytest -q -p no:cacheprovider -s tests/gpu/test_engine_gpu.py \
+    -k "backend_move_fix_identity and fa3" > "$OUT/fa3_identity.txt" 2>&1
+  grep -E "^FA3|passed|failed|Error" "$OUT/fa3_identity.txt" | tail -n 12
+  steps='VerifyTreeGreedy|_verify_accept_greedy_kernel|verify_tree_greedy'
+  for backend in triton fa3; do
+    timeout 160 python3 tools/measure_engine.py --out "$OUT/k_$backend" --attention-backend "$backend" \
+      --specs ngram-tree-n8 --modes plugin-off --bs 1 --sampling greedy --tokens 64 \
+      --repeats 1 --profile-bs 1 --profile-tokens 48 --config-timeout 130 > "$OUT/k_$backend.log" 2>&1
+    for t in $(find "$OUT/k_$backend" -name "*.trace.json*" | sort); do
+      python3 tools/trace_stats.py --kernels "$steps" "$t" | head -n 24 | tee -a "$OUT/kernels_$backend.md"
+    done
+    rm -rf "$OUT/k_$backend/traces"
+  done
+fi
+bash ci/gpu/pack_results.sh "$OUT"
