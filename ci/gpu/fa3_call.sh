@@ -4,6 +4,7 @@
 #   FA3_PART=identity (default): the engine identity test on FA3 (NGRAM tree and chain, CUDA
 #     graphs), then where a verify step's GPU time goes (SGLang's profiler, bs 1, 8B shape,
 #     plugin-off, Triton and FA3; tools/trace_stats.py --kernels)
+#   FA3_PART=test: the identity test alone (about 250 s with the install)
 #   FA3_PART=latency: ci/gpu/latency_call.sh's FA3 group (plugin-off, native move, default;
 #     bs 1 and 32)
 # Device tool:  run(command="bash ci/gpu/fa3_call.sh $OUT", carry=[".wheelhouse"])
@@ -21,7 +22,7 @@ else
     -k "backend_move_fix_identity and fa3" > "$OUT/fa3_identity.txt" 2>&1
   grep -E "^FA3|passed|failed|Error" "$OUT/fa3_identity.txt" | tail -n 12
   steps='VerifyTreeGreedy|_verify_accept_greedy_kernel|verify_tree_greedy'
-  for backend in triton fa3; do
+  [ "${FA3_PART:-identity}" = test ] || for backend in triton fa3; do
     timeout 160 python3 tools/measure_engine.py --out "$OUT/k_$backend" --attention-backend "$backend" \
       --specs ngram-tree-n8 --modes plugin-off --bs 1 --sampling greedy --tokens 64 \
       --repeats 1 --profile-bs 1 --profile-tokens 48 --config-timeout 130 > "$OUT/k_$backend.log" 2>&1
