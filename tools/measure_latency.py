@@ -400,7 +400,7 @@ def critical_path(point: dict) -> dict:
 def markdown(meta: dict, points: list[dict]) -> str:
     lines = [f"# Latency per verify step, interleaved ({meta['card']})", "",
              f"{meta['model']}; {meta['spec']}; attention backend "
-             f"{meta.get('attention_backend', 'triton')}; {meta['repeats']} repeats asked per point "
+             f"{_setup(meta, 'attention_backend')}; {meta['repeats']} repeats asked per point "
              f"(completed: column n"
              + (f"; a batch size stopped once every plugin mode's paired difference against "
                 f"each baseline had a 95% CI of at most {meta['target_ci_points']:g} points"

@@ -91,11 +91,16 @@ def summarize(events: list[dict]) -> dict:
     return result
 
 
+def _kernel_events(events: list[dict]) -> list[dict]:
+    """The trace's complete GPU kernel events (graph nodes included)."""
+    return [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"]
+
+
 def window_stats(events: list[dict], steps: int) -> dict:
     """The whole trace per verify step: kernels (graph nodes included), launch and graph
     launch calls, CUDA API calls, summed kernel time, and the window's wall time
     (first to last CUDA event) as ``step_us``."""
-    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"]
+    kernels = _kernel_events(events)
     api = [e for e in events if e.get("cat") in API_CATS and e.get("ph") == "X"]
     timed = kernels + api
     span = (max(e["ts"] + e.get("dur", 0) for e in timed) - min(e["ts"] for e in timed)) if timed else 0.0
@@ -112,13 +117,12 @@ def kernel_table(events: list[dict], steps: int, top: int = 20) -> list[dict]:
     """GPU µs per verify step by kernel name (graph nodes included), largest first: where
     the device time of a step goes, beside the host phases of tools/measure_latency.py.
     Names are cut at the first ``(`` or ``<`` so template instances of one kernel add up."""
-    by_name: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") == "kernel" and e.get("ph") == "X":
-            name = re.split(r"[(<]", e.get("name", ""), maxsplit=1)[0].strip() or "?"
-            by_name.setdefault(name, []).append(float(e.get("dur", 0)))
     if not steps:
         return []
+    by_name: dict[str, list[float]] = {}
+    for e in _kernel_events(events):
+        name = re.split(r"[(<]", e.get("name", ""), maxsplit=1)[0].strip() or "?"
+        by_name.setdefault(name, []).append(float(e.get("dur", 0)))
     rows = [{"kernel": k, "us_per_step": sum(v) / steps, "launches_per_step": len(v) / steps,
              "us_per_launch": sum(v) / len(v)} for k, v in by_name.items()]
     return sorted(rows, key=lambda r: -r["us_per_step"])[:top]
