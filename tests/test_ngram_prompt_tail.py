@@ -17,9 +17,12 @@ from __future__ import annotations
 import __future__
 import ast
 import random
+import shutil
 import statistics
+import subprocess
 import time
 from array import array
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,10 +35,28 @@ from tools.measure_latency import bootstrap_ci
 _NAMES = ("_prepare_draft_tokens", "_update_ngram_corpus", "_efficient_concat_last_n")
 
 
+_WORKER = "python/sglang/srt/speculative/ngram_worker.py"
+
+
 @pytest.fixture(scope="module")
 def upstream_methods(upstream) -> dict:
     """0.5.17's ``NGRAMWorker`` methods, compiled from its source."""
-    path = upstream["0.5.17"] / "python/sglang/srt/speculative/ngram_worker.py"
+    return _compiled(upstream["0.5.17"] / _WORKER)
+
+
+@pytest.fixture(scope="module")
+def patched_methods(upstream, tmp_path_factory) -> dict:
+    """The same methods after patches 0007 and 0008 (the patch series' way in)."""
+    root = tmp_path_factory.mktemp("sglang-0.5.17-patched")
+    (root / _WORKER).parent.mkdir(parents=True)
+    shutil.copy(upstream["0.5.17"] / _WORKER, root / _WORKER)
+    for name in ("0007-ngram-worker-full-mask-kernel.patch", "0008-ngram-worker-prompt-tail.patch"):
+        patch = Path(__file__).resolve().parents[1] / "patches/sglang-0.5.17" / name
+        subprocess.run(["patch", "-d", str(root), "-p1", "-s", "--fuzz=0", "-i", str(patch)], check=True)
+    return _compiled(root / _WORKER)
+
+
+def _compiled(path: Path) -> dict:
     tree = ast.parse(path.read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NGRAMWorker")
     defs = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name in _NAMES]
@@ -60,8 +81,9 @@ class _Corpus:
     def batch_get(self, req_ids, batch_tokens, total_lens):
         self.calls.append(("batch_get", list(req_ids), [list(t) for t in batch_tokens], list(total_lens)))
         bs = len(req_ids)
-        return (np.arange(bs * self.n, dtype=np.int64),
-                np.ones(bs * self.n * self.n, dtype=np.uint8))
+        # 0.5.17's wrapper hands both over as int64 (kernels/ops/speculative/ngram_corpus.py)
+        mask = np.random.default_rng(bs).integers(0, 2, bs * self.n * self.n, dtype=np.int64)
+        return np.arange(bs * self.n, dtype=np.int64), mask
 
     def batch_put(self, batch_tokens):
         self.calls.append(("batch_put", [list(t) for t in batch_tokens]))
@@ -88,25 +110,36 @@ def _batch(bs, n, prompt_lens, output_lens, rng):
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("depth", [18, 4, 1])
 @pytest.mark.parametrize("seed", range(4))
-def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, overlap, depth, seed):
+def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, patched_methods, overlap, depth,
+                                                seed):
     """Prompts shorter and longer than the trie depth, outputs empty to long, with and
-    without the overlap scheduler's spliced tokens: the same calls, in the same order."""
+    without the overlap scheduler's spliced tokens: the same calls, in the same order, from
+    upstream's methods, the plugin's and the patched tree's. The tree mask the two ways in
+    return is bool, and upstream's copy into the bool device buffer gets the same bytes."""
     rng = random.Random(seed)
     bs, n = rng.choice([1, 3, 8]), 8
     prompt_lens = [rng.choice([1, 2, depth - 1 or 1, depth, depth + 1, 300]) for _ in range(bs)]
     output_lens = [rng.choice([0, 1, depth, 2 * depth + 3]) for _ in range(bs)]
     batch = _batch(bs, n, prompt_lens, output_lens, rng)
-    results = []
+    results, copied = [], []
     for prepare, update in ((upstream_methods["_prepare_draft_tokens"],
                              upstream_methods["_update_ngram_corpus"]),
                             (lambda w, b: v0_5_17_ngram.prepare_draft_tokens(None, w, b),
-                             lambda w, b: v0_5_17_ngram.update_ngram_corpus(None, w, b))):
+                             lambda w, b: v0_5_17_ngram.update_ngram_corpus(None, w, b)),
+                            (patched_methods["_prepare_draft_tokens"],
+                             patched_methods["_update_ngram_corpus"])):
         worker = _worker(upstream_methods, n, depth, overlap)
         drafts, mask = prepare(worker, batch)
         update(worker, batch)
         results.append((worker.ngram_corpus.calls, worker.prev_token_ids, worker.prev_accept_lens,
-                        drafts.tolist(), mask.tolist()))
-    assert results[0] == results[1]
+                        drafts.tolist(), mask.astype(np.int64).tolist()))
+        tree_mask = torch.empty(mask.size, dtype=torch.bool)  # the worker's device buffer's dtype
+        tree_mask.copy_(torch.from_numpy(mask), non_blocking=True)  # upstream's copy
+        copied.append((mask.dtype, tree_mask))
+    assert results[0] == results[1] == results[2]
+    assert copied[0][0] == np.int64 and copied[1][0] == copied[2][0] == np.bool_
+    assert torch.equal(copied[0][1], copied[1][1]) and torch.equal(copied[0][1], copied[2][1])
+    assert 0 < int(copied[0][1].sum()) < copied[0][1].numel()  # both values occur
     get = results[0][0][1]
     assert any(len(t) > 0 for t in get[2])  # the lookup got tokens to check
 

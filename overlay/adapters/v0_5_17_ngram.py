@@ -1,4 +1,4 @@
-"""SGLang 0.5.17's NGRAM worker, two methods with one host cost cut: the prompt copy.
+"""SGLang 0.5.17's NGRAM worker, two methods with two host costs cut: prompt copy, mask cast.
 
 On every verify step, 0.5.17's ``NGRAMWorker._prepare_draft_tokens`` and
 ``_update_ngram_corpus`` turn each request's whole prompt into a Python list:
@@ -10,16 +10,25 @@ prompts that is about 9.6 ms of host work per step, and NGRAM's GPU waits for th
 Upstream slices before it copies since 0.5.2x (0.5.23:
 ``list(req.origin_input_ids_unpadded[-self.max_trie_depth :])``).
 
-These are 0.5.17's own method bodies with that one change, so the corpus sees the same
-tokens. ``_efficient_concat_last_n(seq1, seq2, n)`` reads at most the last ``n``
-elements of ``seq1``. 0.5.17 semantics are kept: ``origin_input_ids``, not the unpadded
-ids 0.5.23 uses. ``tests/test_ngram_prompt_tail.py`` runs upstream's methods, taken from
-the 0.5.17 source, against these on the same inputs. Patch 0008 is the same change for
-patched trees. Hooked on 0.5.17 only (adapters/v0_5_17.py); a bad switch value runs
+These are 0.5.17's own method bodies with that change, so the corpus sees the same
+tokens, and one more: the draft tree mask comes back as booleans. 0.5.17's corpus wrapper
+(``kernels/ops/speculative/ngram_corpus.py``) widens the C++ uint8 mask to int64, and the
+caller's ``tree_mask.copy_(torch.from_numpy(mask), non_blocking=True)`` into its bool device
+buffer then takes PyTorch's cross-dtype path: a device temporary, an eight-times larger
+host-to-device copy and a conversion kernel, every verify step before the verify launch.
+A bool array makes it one same-dtype copy of the same bytes (nonzero is True both ways);
+``_derive_tree_links`` and upstream's mask loop read it alike.
+``_efficient_concat_last_n(seq1, seq2, n)`` reads at most the last ``n`` elements of
+``seq1``. 0.5.17 semantics are kept: ``origin_input_ids``, not the unpadded ids 0.5.23
+uses. ``tests/test_ngram_prompt_tail.py`` runs upstream's methods, taken from the 0.5.17
+source, and the patched tree's against these on the same inputs. Patch 0008 makes the same
+two changes in patched trees. Hooked on 0.5.17 only (adapters/v0_5_17.py); a bad switch value runs
 upstream's methods, as it does everywhere else.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from sglang_nwor_scv.config import modes
 
@@ -67,7 +76,12 @@ def prepare_draft_tokens(original, self, batch):
     assert (
         total_draft_token_num == bs * self.draft_token_num
     ), f"{total_draft_token_num=}, {bs=}, {self.draft_token_num=}"
-    return req_drafts, mask
+    return req_drafts, _as_bool(mask)
+
+
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    """The tree mask as the bool the device buffer holds (0.5.17 hands over int64)."""
+    return mask if mask.dtype == np.bool_ else mask.astype(np.bool_)
 
 
 def update_ngram_corpus(original, self, batch):
