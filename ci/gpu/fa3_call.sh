@@ -7,12 +7,20 @@
 #   FA3_PART=test: the identity test alone (about 250 s with the install)
 #   FA3_PART=latency: ci/gpu/latency_call.sh's FA3 group (plugin-off, native move, default;
 #     bs 1 and 32)
-# Device tool:  run(command="bash ci/gpu/fa3_call.sh $OUT", carry=[".wheelhouse"])
+# FA3 needs sgl_kernel's flash_ops library, which the wheelhouse cannot carry (run 65): carry it
+# in parts first, one call each on the same warm machine (ci/gpu/build_fa3_carry.sh's header);
+# the last part's call can be this one:
+#   run(command="bash ci/gpu/fa3_call.sh $OUT", carry=[".fa3/pN"])
+# This script assembles the parts (ci/gpu/fa3_receive.sh), checks one FA3 call against SDPA
+# (ci/gpu/fa3_smoke.py) and stops with a clear line when either fails.
 set -uo pipefail
 OUT=${1:?usage: fa3_call.sh OUT}
 cd "$(dirname "$0")/../.."
 eval "$(bash ci/gpu/install_device_env.sh)" || { echo "install failed"; exit 1; }
 export PATH=$PATH:/usr/local/cuda/bin TVM_FFI_CACHE_DIR=/tmp/tvmffi PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+bash ci/gpu/fa3_receive.sh || { echo "FA3 library not in place: no FA3 run (see ci/gpu/build_fa3_carry.sh)"; exit 3; }
+python3 ci/gpu/fa3_smoke.py | tee "$OUT/fa3_smoke.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "FA3 smoke check failed: no FA3 run"; bash ci/gpu/pack_results.sh "$OUT"; exit 1; }
 if [ "${FA3_PART:-identity}" = latency ]; then
   SKIP_MASK_TESTS=1 LATENCY_PART=fa3 bash ci/gpu/latency_call.sh "$OUT"
   tail -n 40 "$OUT/f.log"
