@@ -17,7 +17,7 @@ import pytest
 
 from tools.engine_run import REPO
 from tools.measure_ncu import parse_csv, split_steps, step_metrics
-from tools.trace_stats import kernel_table, steps_by_kernel, window_stats
+from tools.trace_stats import kernel_family, kernel_table, steps_by_kernel, window_stats
 
 
 @pytest.mark.engine
@@ -93,6 +93,11 @@ def test_window_stats_divide_the_whole_trace_by_verify_steps():
     assert table[0] == {"kernel": "gemm", "us_per_step": 90.0, "launches_per_step": 1.5,
                         "us_per_launch": 60.0}
     assert kernel_table(events, 0) == []
+    assert kernel_family("void (anonymous namespace)::elementwise_kernel<4, 1>(int, float)") \
+        == "elementwise_kernel"
+    assert kernel_family("void at::native::reduce_kernel<512, 1>(R)") == "at::native::reduce_kernel"
+    assert kernel_family("void (anonymous namespace)::softmax_warp_forward<float>(float*)") \
+        != kernel_family("void (anonymous namespace)::elementwise_kernel<4, 1>(int, float)")
 
 
 def test_ncu_modes_run_concurrently_one_per_gpu_each_with_its_own_env(tmp_path):

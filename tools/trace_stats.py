@@ -113,15 +113,23 @@ def window_stats(events: list[dict], steps: int) -> dict:
     return {k: v / steps for k, v in totals.items()} if steps else {}
 
 
+def kernel_family(name: str) -> str:
+    """A demangled kernel name without its return type, ``(anonymous namespace)::`` and its
+    template and call arguments: ``void (anonymous namespace)::k<4>(int)`` is ``k``. Cutting
+    at the first ``(`` alone would merge every anonymous-namespace kernel into one ``void``."""
+    name = name.strip().removeprefix("void ").replace("(anonymous namespace)::", "")
+    return re.split(r"[(<]", name, maxsplit=1)[0].strip() or "?"
+
+
 def kernel_table(events: list[dict], steps: int, top: int = 20) -> list[dict]:
     """GPU µs per verify step by kernel name (graph nodes included), largest first: where
     the device time of a step goes, beside the host phases of tools/measure_latency.py.
-    Names are cut at the first ``(`` or ``<`` so template instances of one kernel add up."""
+    Template instances of one kernel add up (see ``kernel_family``)."""
     if not steps:
         return []
     by_name: dict[str, list[float]] = {}
     for e in _kernel_events(events):
-        name = re.split(r"[(<]", e.get("name", ""), maxsplit=1)[0].strip() or "?"
+        name = kernel_family(e.get("name", ""))
         by_name.setdefault(name, []).append(float(e.get("dur", 0)))
     rows = [{"kernel": k, "us_per_step": sum(v) / steps, "launches_per_step": len(v) / steps,
              "us_per_launch": sum(v) / len(v)} for k, v in by_name.items()]
