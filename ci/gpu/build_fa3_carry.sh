@@ -5,7 +5,8 @@
 # wheelhouse drops that file: it is 1,070 MiB (326 MiB in the wheel) against the 64 MiB a
 # device call carries, and the machine has no network (run 65). A warm machine keeps the
 # git-ignored paths an earlier call carried, so the file goes over in parts, one call each:
-#   .fa3/p1 .. .fa3/pN   xz-compressed parts of at most FA3_PART_MIB (default 60) MiB, each
+#   .fa3/p1 .. .fa3/pN   xz-compressed parts of at most FA3_PART_MIB MiB (default: what the
+#                        64 MiB carry leaves beside the repo's working tree, less 2 MiB), each
 #                        folder with MANIFEST (the library's sha256, the part count, every
 #                        part's sha256), so any one call knows what the whole needs.
 # The calls, chained within the warm window (ci/gpu/fa3_receive.sh says what is missing):
@@ -18,7 +19,15 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEST="${FA3_DEST:-$REPO/.fa3}"
-PART_MIB="${FA3_PART_MIB:-60}"
+# A call carries the working tree too (tracked and untracked-not-ignored files): a 60 MiB part
+# beside a 10 MiB tree was refused (twenty-first session). Size the parts to what is left.
+REPO_MIB=$(( ($(cd "$REPO" && git ls-files -z -co --exclude-standard 2>/dev/null \
+  | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}') + 1048575) >> 20 ))
+PART_MIB="${FA3_PART_MIB:-$((62 - REPO_MIB))}"
+if [ $((PART_MIB + REPO_MIB)) -gt 63 ] || [ "$PART_MIB" -lt 1 ]; then
+  echo "FAIL: parts of $PART_MIB MiB beside a $REPO_MIB MiB working tree exceed a 64 MiB carry" >&2
+  exit 1
+fi
 CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sglang-nwor-scv/device-wheels}"
 PIN="$(grep -o '^sglang-kernel==[^ ]*' "$REPO/ci/device-wheelhouse.txt")"
 VERSION="${PIN#*==}"
