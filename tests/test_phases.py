@@ -232,6 +232,25 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
         merge_runs([report("H100", [10]), report("H100", [20], attention_backend="fa3")])
 
 
+
+def test_committed_gzipped_runs_read_back_and_summarize_as_reported(tmp_path):
+    """Reports keep latency.json gzipped; --merge reads it back, and its summary gives the
+    medians the committed latency.md shows (run 68, default at bs 32)."""
+    import gzip
+
+    from tools.measure_latency import read_run, summarize
+
+    run = REPO / "reports/gpu/2026-12-07-h100-run68-69-8b-eagle3/run68/a"
+    data = read_run(run)
+    point = next(p for p in summarize(data["runs"], data["meta"]["modes"], data["meta"]["bs"])
+                 if p["mode"] == "default" and p["bs"] == 32)
+    row = f"| 32 | `default` | {point['n']} | {point['ms_per_step']:.2f} "
+    assert row in (run / "latency.md").read_text()
+    (tmp_path / "latency.json").write_text(json.dumps({"meta": {}, "runs": [1]}))
+    with gzip.open(tmp_path / "latency.json.gz", "wt") as f:
+        json.dump({"meta": {}, "runs": [2]}, f)
+    assert read_run(tmp_path)["runs"] == [1]  # a fresh run's plain file first
+
 def test_feature_modes_are_paired_against_the_default():
     """A mode that turns one feature of the default off is compared with the default too
     (what that feature alone does), paired per round; baselines and plain decoding are not."""

@@ -28,6 +28,7 @@ Writes OUT/latency.json and OUT/latency.md.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -557,6 +558,15 @@ def resident_fit(n_engines: int, layers: int, pool_size: int, free_bytes: int,
             f"(or a smaller --bs / --tokens) and run the rest as a second command.")
 
 
+def read_run(run_dir: Path) -> dict:
+    """A run's ``latency.json``; committed reports keep it gzipped to stay inside a carry."""
+    plain = run_dir / "latency.json"
+    if plain.exists():
+        return json.loads(plain.read_text())
+    with gzip.open(run_dir / "latency.json.gz", "rt") as f:
+        return json.load(f)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
@@ -594,10 +604,11 @@ def main() -> int:
                          "card to itself; the 8B shape on a GPU), 'pool' (1%% of each resident "
                          "engine's own small pool) or MiB")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR",
-                    help="no measurement: one report (in --out) from these runs' latency.json")
+                    help="no measurement: one report (in --out) from these runs' latency.json "
+                         "(or latency.json.gz, as committed reports keep it)")
     args = ap.parse_args()
     if args.merge:
-        meta, runs = merge_runs([json.loads((d / "latency.json").read_text()) for d in args.merge])
+        meta, runs = merge_runs([read_run(d) for d in args.merge])
         args.out.mkdir(parents=True, exist_ok=True)
         write_report(args.out, meta, runs)
         return 0
