@@ -29,16 +29,15 @@ if [ $((PART_MIB + REPO_MIB)) -gt 63 ] || [ "$PART_MIB" -lt 1 ]; then
   exit 1
 fi
 CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sglang-nwor-scv/device-wheels}"
-PIN="$(grep -o '^sglang-kernel==[^ ]*' "$REPO/ci/device-wheelhouse.txt")"
+. "$REPO/ci/gpu/device_wheel.sh"
+PIN="$(device_wheel_pin sglang-kernel)"
 VERSION="${PIN#*==}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 whl="${FA3_WHEEL:-$(ls "$CACHE"/sglang_kernel-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true)}"
 if [ -z "$whl" ]; then
-  mkdir -p "$CACHE"
-  "${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux2014_x86_64 -d "$CACHE" "$PIN"
+  download_device_wheel "$CACHE" "$PIN"
   whl="$(ls "$CACHE"/sglang_kernel-"$VERSION"-*.whl | head -n 1)"
 fi
 echo "from ${whl##*/}"

@@ -11,8 +11,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEST="$REPO/.flashinfer"
-PIN="$(grep -o '^flashinfer-python==[^ ]*' "$REPO/ci/device-wheelhouse.txt")"
-mkdir -p "$DEST"
-"${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp --platform manylinux2014_x86_64 -d "$DEST" "$PIN"
+. "$REPO/ci/gpu/device_wheel.sh"
+PIN="$(device_wheel_pin flashinfer-python)"
+download_device_wheel "$DEST" "$PIN"
 du -sh "$DEST"/*.whl
