@@ -8,6 +8,10 @@ graph (issue 14 item 2) rather than in faster launchers. This measures it withou
 a graph of ``--layers`` GEMMs at a decode shape (the verify forward's stand-in), then one
 launch (the plugin's launcher on a small Triton kernel, or a torch op), timed on the host
 with ``perf_counter_ns``; every iteration ends with a synchronize outside the timed part.
+A second hypothesis is the host itself: in the engine, a launch runs between thousands of
+lines of other Python, with cold instruction and data caches. The ``after other host work``
+cases put a few hundred microseconds of unrelated host work (JSON, regex, small CPU tensor ops)
+before the timed launch.
 
     python tools/launch_probe.py --out OUT_DIR   (GPU only)
 """
@@ -33,6 +37,27 @@ def _add_one(x_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=m) + 1, mask=m)
+
+
+_OTHER: dict = {}  # the other host work's inputs, built on its first call
+
+
+def _other_host_work() -> None:
+    """A few hundred microseconds of host work unrelated to the launch: what a scheduler runs
+    between two of the plugin's launches, in kind if not in detail."""
+    import re
+
+    state = _OTHER
+    if not state:
+        state["doc"] = {f"req{i}": {"ids": list(range(i, i + 40)), "text": "tok " * 20} for i in range(40)}
+        state["rx"] = re.compile(r"(\w+) (\d+)")
+        state["t"] = torch.arange(256, dtype=torch.int64)
+    blob = json.dumps(state["doc"])
+    state["rx"].findall(blob[:4000])
+    t = state["t"]
+    for _ in range(8):
+        t = (t + 1)[:256].clone()
+    sorted(json.loads(blob).items())
 
 
 def _timed(fn) -> int:
@@ -84,6 +109,9 @@ def probe(layers: int, iters: int, tokens: int, hidden: int, inter: int) -> dict
         "triton, idle GPU": (None, triton_launch),
         "triton, after graph replay": (graph.replay, triton_launch),
         "triton, after eager forward": (forward, triton_launch),
+        "triton, after other host work": (_other_host_work, triton_launch),
+        "triton, after graph replay and other host work": (lambda: (graph.replay(), _other_host_work()),
+                                                            triton_launch),
         "torch add_, idle GPU": (None, torch_launch),
         "torch add_, after graph replay": (graph.replay, torch_launch),
     }
