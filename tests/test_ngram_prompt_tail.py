@@ -144,6 +144,39 @@ def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, patched_method
     assert any(len(t) > 0 for t in get[2])  # the lookup got tokens to check
 
 
+
+@pytest.mark.parametrize("value", ["0", "bad"])
+def test_switched_off_or_a_bad_switch_runs_upstreams_methods(upstream_methods, monkeypatch, value):
+    """``SGLANG_SCV_NGRAM_PROMPT_TAIL=0`` (and a bad value of any switch) hands both sites to
+    upstream's own methods: the int64 mask comes back, as 0.5.17 makes it."""
+    from sglang_nwor_scv import config
+
+    if value == "bad":
+        monkeypatch.setenv("SGLANG_NWOR_MODE", "sideways")
+    else:
+        monkeypatch.setenv("SGLANG_SCV_NGRAM_PROMPT_TAIL", value)
+    config.reload()
+    try:
+        batch = _batch(2, 8, [300, 3], [5, 0], random.Random(0))
+        ran = []
+
+        def original(name):
+            def run(worker, b):
+                ran.append(name)
+                return upstream_methods[name](worker, b)
+            return run
+
+        worker = _worker(upstream_methods, 8, 4, True)
+        _, mask = v0_5_17_ngram.prepare_draft_tokens(original("_prepare_draft_tokens"), worker, batch)
+        v0_5_17_ngram.update_ngram_corpus(original("_update_ngram_corpus"), worker, batch)
+        assert ran == ["_prepare_draft_tokens", "_update_ngram_corpus"] and mask.dtype == np.int64
+    finally:
+        monkeypatch.undo()
+        config.reload()
+    worker = _worker(upstream_methods, 8, 4, True)
+    _, mask = v0_5_17_ngram.prepare_draft_tokens(None, worker, batch)  # on again: the plugin's
+    assert mask.dtype == np.bool_
+
 @pytest.mark.parametrize("bs,prompt_len", [(32, 2048), (64, 8192)])
 def test_draft_prep_host_us(benchmark, upstream_methods, bs, prompt_len, rounds=9, steps=20):
     """Host µs per verify step of both versions (draft prep + corpus update; the corpus

@@ -17,6 +17,8 @@
 #   LATENCY_PART=fa3 bash ci/gpu/latency_call.sh OUT  (SGLang's default attention backend on
 #       Hopper: plugin-off, native move and default at bs 1 and 32; NWOR steps aside there, the
 #       move, SCV and the NGRAM kernels run)
+#   LATENCY_PART=prompt-tail bash ci/gpu/latency_call.sh OUT  (0.5.17 NGRAM's prompt-tail
+#       methods and bool mask: default with and without, beside plugin-off, 2,048-token prompts)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -32,7 +34,14 @@ bash ci/gpu/card.sh "$OUT"
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 \
   --target-ci-points 2 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" = ngram-draft ]; then
+if [ "${LATENCY_PART:-main}" = prompt-tail ]; then
+  # 0.5.17 NGRAM's prompt-tail methods and bool mask (SGLANG_SCV_NGRAM_PROMPT_TAIL, on by
+  # default), with and without, beside plugin-off: 2,048-token prompts, where the whole-prompt
+  # copy is largest, at bs 1 and 32
+  timeout -k 15 480 "${L[@]}" --prompt-len 2048 --out "$OUT/t" \
+    --modes plugin-off,default-no-prompt-tail,default --bs 1,32 --repeats 40 \
+    --deadline-s 460 > "$OUT/t.log" 2>&1
+elif [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" = ngram-draft ]; then
   # one feature of the default with and without it: the one-launch verify-graph metadata
   # (SGLANG_SCV_VERIFY_METADATA) or NGRAM's draft inputs in one launch
   # (SGLANG_SCV_NGRAM_DRAFT), both on by default. Its kernel tests at real shapes first (against

@@ -22,8 +22,8 @@ A bool array makes it one same-dtype copy of the same bytes (nonzero is True bot
 ``seq1``. 0.5.17 semantics are kept: ``origin_input_ids``, not the unpadded ids 0.5.23
 uses. ``tests/test_ngram_prompt_tail.py`` runs upstream's methods, taken from the 0.5.17
 source, and the patched tree's against these on the same inputs. Patch 0008 makes the same
-two changes in patched trees. Hooked on 0.5.17 only (adapters/v0_5_17.py); a bad switch value runs
-upstream's methods, as it does everywhere else.
+two changes in patched trees. Hooked on 0.5.17 only (adapters/v0_5_17.py); with
+``SGLANG_SCV_NGRAM_PROMPT_TAIL=0``, or a bad switch value anywhere, upstream's methods run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sglang_nwor_scv.config import modes
 
 def prepare_draft_tokens(original, self, batch):
     """AROUND ``NGRAMWorker._prepare_draft_tokens`` (replaces it; 0.5.17's body)."""
-    if modes().refusal is not None:  # a bad switch: upstream code, as everywhere else
+    if not modes().ngram_prompt_tail:  # off, or a bad switch (every feature off then)
         return original(self, batch)
     bs = len(batch.reqs)
     stride = self.draft_token_num
@@ -83,7 +83,7 @@ def prepare_draft_tokens(original, self, batch):
 
 def update_ngram_corpus(original, self, batch):
     """AROUND ``NGRAMWorker._update_ngram_corpus`` (replaces it; 0.5.17's body)."""
-    if modes().refusal is not None:
+    if not modes().ngram_prompt_tail:
         return original(self, batch)
     batch_tokens = []
     stride = self.draft_token_num
