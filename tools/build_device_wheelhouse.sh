@@ -176,8 +176,8 @@ echo
 echo "wheelhouse $OUT (${#WANT[@]} wheels):"
 ls -l "$OUT"/*.whl | awk '{printf "  %8.2f MiB  %s\n", $5/1048576, $NF}' | sed "s|$OUT/||" | sort -rn
 WH_BYTES=$(find "$OUT" -maxdepth 1 -name '*.whl' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
-REPO_BYTES=$(cd "$ROOT" && git ls-files -z -co --exclude-standard 2>/dev/null \
-  | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+. "$ROOT/ci/gpu/device_wheel.sh"
+REPO_BYTES=$(working_tree_bytes "$ROOT")
 awk -v w="$WH_BYTES" -v r="$REPO_BYTES" -v l="$LIMIT_MIB" 'BEGIN {
   printf "TOTAL wheelhouse: %.2f MiB (limit %d MiB); repo working tree that travels: %.2f MiB; sum %.2f MiB of 64\n",
          w/1048576, l, r/1048576, (w+r)/1048576 }'

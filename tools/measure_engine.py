@@ -50,8 +50,8 @@ _NO_VERIFY_METADATA = {"SGLANG_SCV_VERIFY_METADATA": "off"}
 _NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off", **_NO_VERIFY_METADATA}  # the replay-glue kernels
 # 0.5.17 NGRAM's prompt-tail methods are plugin code too: off in every "upstream" mode
 _NO_PROMPT_TAIL = {"SGLANG_SCV_NGRAM_PROMPT_TAIL": "off"}
-_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK,
-        **_NO_PROMPT_TAIL}
+_NO_NGRAM_EXTRAS = {**_NO_MASK, **_NO_PROMPT_TAIL}  # what the one-feature modes leave off too
+_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_NGRAM_EXTRAS}
 _NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
 MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave the rest off
     "plugin-off": (False, {}),
@@ -66,9 +66,9 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "default-no-ngram-draft": (True, {"SGLANG_SCV_NGRAM_DRAFT": "off"}),
     # the default before the nineteenth session on 0.5.17 NGRAM: whole prompts copied, int64 mask
     "default-no-prompt-tail": (True, _NO_PROMPT_TAIL),
-    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_MASK, **_NO_PROMPT_TAIL}),
-    "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_MASK, **_NO_PROMPT_TAIL}),
-    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_MASK, **_NO_PROMPT_TAIL}),
+    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_NGRAM_EXTRAS}),
+    "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_NGRAM_EXTRAS}),
+    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_NGRAM_EXTRAS}),
     "ngram-mask": (True, {**_OFF, "SGLANG_SCV_NGRAM_MASK": "on"}),
     "no-spec": (False, {}),  # plain decoding: no speculative algorithm, no plugin
 }

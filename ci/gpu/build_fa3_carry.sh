@@ -21,15 +21,14 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEST="${FA3_DEST:-$REPO/.fa3}"
 # A call carries the working tree too (tracked and untracked-not-ignored files): a 60 MiB part
 # beside a 10 MiB tree was refused (twenty-first session). Size the parts to what is left.
-REPO_MIB=$(( ($(cd "$REPO" && git ls-files -z -co --exclude-standard 2>/dev/null \
-  | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}') + 1048575) >> 20 ))
+. "$REPO/ci/gpu/device_wheel.sh"
+REPO_MIB=$(( ($(working_tree_bytes "$REPO") + 1048575) >> 20 ))
 PART_MIB="${FA3_PART_MIB:-$((62 - REPO_MIB))}"
 if [ $((PART_MIB + REPO_MIB)) -gt 63 ] || [ "$PART_MIB" -lt 1 ]; then
   echo "FAIL: parts of $PART_MIB MiB beside a $REPO_MIB MiB working tree exceed a 64 MiB carry" >&2
   exit 1
 fi
 CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sglang-nwor-scv/device-wheels}"
-. "$REPO/ci/gpu/device_wheel.sh"
 PIN="$(device_wheel_pin sglang-kernel)"
 VERSION="${PIN#*==}"
 WORK="$(mktemp -d)"
