@@ -100,3 +100,17 @@ def test_a_part_of_another_build_starts_over(tmp_path, site):
         out = _receive(_carry(part, tmp_path / "call"), site, keep)
     assert out.returncode == 0, out.stderr
     assert (site / "sgl_kernel/flash_ops.abi3.so").read_bytes() == new_payload
+
+
+def test_the_working_tree_leaves_room_for_the_wheelhouse():
+    """Every device call carries the working tree beside what it names, 64 MiB in all; the
+    wheelhouse is 52.7 MiB (tools/build_device_wheelhouse.sh), so the tree must stay under
+    10 MiB. It reached 10.7 MiB in the twenty-first session and the calls were refused;
+    reports keep large files gzipped since. Counted as the device tool counts it, by the
+    same shell function the carry builders use."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["bash", "-c", f'. "{REPO}/ci/gpu/device_wheel.sh"; working_tree_bytes "{REPO}"'],
+                         capture_output=True, text=True, check=True).stdout
+    tree_mib = int(out) / 2**20
+    assert 1 < tree_mib <= 10, f"working tree {tree_mib:.2f} MiB: gzip or drop large report files"
