@@ -144,7 +144,6 @@ def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, patched_method
     assert any(len(t) > 0 for t in get[2])  # the lookup got tokens to check
 
 
-
 @pytest.mark.parametrize("value", ["0", "bad"])
 def test_switched_off_or_a_bad_switch_runs_upstreams_methods(upstream_methods, monkeypatch, value):
     """``SGLANG_SCV_NGRAM_PROMPT_TAIL=0`` (and a bad value of any switch) hands both sites to
@@ -176,6 +175,7 @@ def test_switched_off_or_a_bad_switch_runs_upstreams_methods(upstream_methods, m
     worker = _worker(upstream_methods, 8, 4, True)
     _, mask = v0_5_17_ngram.prepare_draft_tokens(None, worker, batch)  # on again: the plugin's
     assert mask.dtype == np.bool_
+
 
 @pytest.mark.parametrize("bs,prompt_len", [(32, 2048), (64, 8192)])
 def test_draft_prep_host_us(benchmark, upstream_methods, bs, prompt_len, rounds=9, steps=20):

@@ -232,7 +232,6 @@ def test_merged_runs_keep_rounds_paired_and_refuse_other_setups():
         merge_runs([report("H100", [10]), report("H100", [20], attention_backend="fa3")])
 
 
-
 def test_committed_gzipped_runs_read_back_and_summarize_as_reported(tmp_path):
     """Reports keep latency.json gzipped; --merge reads it back, and its summary gives the
     medians the committed latency.md shows (run 68, default at bs 32)."""
@@ -250,6 +249,7 @@ def test_committed_gzipped_runs_read_back_and_summarize_as_reported(tmp_path):
     with gzip.open(tmp_path / "latency.json.gz", "wt") as f:
         json.dump({"meta": {}, "runs": [2]}, f)
     assert read_run(tmp_path)["runs"] == [1]  # a fresh run's plain file first
+
 
 def test_feature_modes_are_paired_against_the_default():
     """A mode that turns one feature of the default off is compared with the default too
