@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import ngram_mask, profiling, scv, sites, sync_check, verify_metadata
+from sglang_nwor_scv import batch_snapshot, ngram_mask, profiling, scv, sites, sync_check, verify_metadata
 from sglang_nwor_scv.adapters import v0_5_17_ngram
 from sglang_nwor_scv.config import modes
 
@@ -89,6 +89,19 @@ def after_scheduler_idle(original, self, *args, **kwargs):
     return out
 
 
+def around_forward_isolation(original, self, batch, *, overlap):
+    return batch_snapshot.isolated_batch(self, batch, overlap)
+
+
+def around_batch_record(original, self, batch):
+    batch_snapshot.record_batch(self, batch)
+
+
+def around_sampling_copy(original, self):
+    copy = batch_snapshot.sampling_copy(self)
+    return copy if copy is not None else original(self)
+
+
 HOOKS = {
     "model_forward": around_model_forward,
     "stage_kv": around_stage_kv,
@@ -102,15 +115,24 @@ HOOKS = {
     "ngram_draft_tokens": v0_5_17_ngram.prepare_draft_tokens,  # 0.5.17 only (its adapter)
     "ngram_corpus_update": v0_5_17_ngram.update_ngram_corpus,
     "verify_metadata": verify_metadata.update_target_verify_buffers,  # 0.5.17 only
+    "forward_isolation": around_forward_isolation,
+    "batch_record": around_batch_record,
+    "sampling_copy": around_sampling_copy,
 }
 
 
-_SWITCHED_SITES = ("ngram_mask", "verify_metadata")  # each named like its Modes field
+_SWITCHED_SITES = {  # site -> the Modes field that switches it
+    "ngram_mask": "ngram_mask",
+    "verify_metadata": "verify_metadata",
+    "forward_isolation": "batch_snapshot",
+    "batch_record": "batch_snapshot",
+    "sampling_copy": "batch_snapshot",
+}
 
 
 def _wanted(name: str) -> bool:
     """A site switched off is not hooked at all: no wrapper on the step's path."""
-    return name not in _SWITCHED_SITES or getattr(modes(), name)
+    return name not in _SWITCHED_SITES or getattr(modes(), _SWITCHED_SITES[name])
 
 
 def register_all(adapter) -> None:

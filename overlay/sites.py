@@ -9,7 +9,8 @@ This module holds the verify stage's life cycle (open before the verify forward,
 stage each layer's K/V, close after) and names the other sites, which live with
 their jobs: the commit (sglang_nwor_scv.commit), the KV move (.move), graph
 capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask
-(.ngram_mask), the replayed verify graph's attention metadata (.verify_metadata).
+(.ngram_mask), the replayed verify graph's attention metadata (.verify_metadata), the
+scheduler's batch snapshot (.batch_snapshot).
 State lives on the target ``ModelRunner`` (sglang_nwor_scv.state), not in globals.
 """
 
@@ -20,6 +21,10 @@ import logging
 import weakref
 
 from sglang_nwor_scv import debug_checks, graph_stage, sync_check
+from sglang_nwor_scv.batch_snapshot import isolated_batch  # noqa: F401  (site "forward_isolation")
+from sglang_nwor_scv.batch_snapshot import record_batch  # noqa: F401  (site "batch_record")
+from sglang_nwor_scv.batch_snapshot import sampling_copy  # noqa: F401  (site "sampling_copy")
+from sglang_nwor_scv.batch_snapshot import wanted as batch_snapshot_wanted  # noqa: F401
 from sglang_nwor_scv.commit import commit_after_accept  # noqa: F401  (call site "after_accept")
 from sglang_nwor_scv.commit import flush_metrics
 from sglang_nwor_scv.commit import flush_when_idle  # noqa: F401  (call site "scheduler_idle")

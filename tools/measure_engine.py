@@ -50,8 +50,10 @@ _NO_VERIFY_METADATA = {"SGLANG_SCV_VERIFY_METADATA": "off"}
 _NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off", **_NO_VERIFY_METADATA}  # the replay-glue kernels
 # 0.5.17 NGRAM's prompt-tail methods are plugin code too: off in every "upstream" mode
 _NO_PROMPT_TAIL = {"SGLANG_SCV_NGRAM_PROMPT_TAIL": "off"}
-_NO_NGRAM_EXTRAS = {**_NO_MASK, **_NO_PROMPT_TAIL}  # what the one-feature modes leave off too
-_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_NGRAM_EXTRAS}
+# the scheduler's batch snapshot with field names read once: plugin code in every release
+_NO_BATCH_SNAPSHOT = {"SGLANG_SCV_BATCH_SNAPSHOT": "off"}
+_NO_EXTRAS = {**_NO_MASK, **_NO_PROMPT_TAIL, **_NO_BATCH_SNAPSHOT}  # what the one-feature modes leave off too
+_OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_EXTRAS}
 _NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
 MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave the rest off
     "plugin-off": (False, {}),
@@ -66,9 +68,11 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "default-no-ngram-draft": (True, {"SGLANG_SCV_NGRAM_DRAFT": "off"}),
     # the default before the nineteenth session on 0.5.17 NGRAM: whole prompts copied, int64 mask
     "default-no-prompt-tail": (True, _NO_PROMPT_TAIL),
-    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_NGRAM_EXTRAS}),
-    "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_NGRAM_EXTRAS}),
-    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_NGRAM_EXTRAS}),
+    # the default before the twenty-second session: upstream's batch snapshot and sampling copy
+    "default-no-batch-snapshot": (True, _NO_BATCH_SNAPSHOT),
+    "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_EXTRAS}),
+    "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_EXTRAS}),
+    "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_EXTRAS}),
     "ngram-mask": (True, {**_OFF, "SGLANG_SCV_NGRAM_MASK": "on"}),
     "no-spec": (False, {}),  # plain decoding: no speculative algorithm, no plugin
 }

@@ -45,6 +45,7 @@ MODE_ORDER = [  # tools/measure_engine.MODES, then the aliases stored runs carry
     "default-ngram-draft",
     "default-no-ngram-draft",
     "default-no-prompt-tail",
+    "default-no-batch-snapshot",
     "off",
     "nwor+scv",
     "nwor_off_scv_off",
@@ -56,8 +57,9 @@ NCU_BASELINES = ("upstream", "nwor_off_scv_off")  # first one present in the sam
 PROFILE_BASELINES = ("plugin-off", "upstream", "off", "nwor_off_scv_off")  # likewise
 SWEEP_BASELINES = ("plugin-off", "upstream", "off")  # likewise
 PLUGIN_MODES = ("default", "default-no-mask", "default-no-verify-metadata", "default-verify-metadata",
-                "default-ngram-draft", "default-no-ngram-draft", "default-no-prompt-tail", "move", "nwor",
-                "ngram-mask", "nwor+scv", "nwor_stage_scv_off", "nwor_stage_scv_graph")
+                "default-ngram-draft", "default-no-ngram-draft", "default-no-prompt-tail",
+                "default-no-batch-snapshot", "move", "nwor", "ngram-mask", "nwor+scv", "nwor_stage_scv_off",
+                "nwor_stage_scv_graph")
 PROFILE_FIELDS = ("kernels", "launch_calls", "graph_launches", "api_calls", "gpu_us", "step_us", "kv_kernels",
                   "kv_gpu_us")
 SWEEP_FIELDS = ("spec", "sampling", "bs", "mode", "requests", "tokens", "wall_s", "throughput_tok_s",

@@ -47,6 +47,15 @@ TARGETS = {
     # copy per request, every step) is skipped and one kernel builds the same mask.
     "ngram_mask": ("sglang.srt.speculative.ngram_worker.NGRAMWorker."
                    "_prepare_for_speculative_decoding"),
+    # What: the scheduler's isolation of a batch around its forward, every step: a snapshot
+    # of every ScheduleBatch field (speculative batches), a forward-only copy of the sampling
+    # info, and the batch pinned for two iterations (overlap). The same bodies in 0.5.17.
+    # Why: each walks dataclasses.fields or runs dataclasses.replace, before the verify
+    # launch; with SGLANG_SCV_BATCH_SNAPSHOT=1 the field names are read once and the same
+    # values taken in one call (batch_snapshot.py).
+    "forward_isolation": "sglang.srt.managers.scheduler.Scheduler._forward_isolation",
+    "batch_record": "sglang.srt.managers.scheduler.Scheduler.record_batch_in_overlap",
+    "sampling_copy": "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.copy_for_forward",
 }
 
 # Phase clocks (sglang_nwor_scv.phases, entry point nwor_scv_phases): name -> target. Host
@@ -77,11 +86,11 @@ PHASES = {
     "loop.wait_prev": "sglang.srt.managers.overlap_utils.FutureMap.resolve_seq_lens_cpu",
     # run_batch's own code around the worker (about 0.3 ms of self time at bs 1, runs 34/36):
     # before it, the forward-only copy of the sampling info and the batch pinned for two
-    # iterations (inside _forward_isolation, whose field snapshot stays unclocked); after
+    # iterations (inside _forward_isolation, whose field snapshot stays unclocked; the
+    # plugin's versions of all three with SGLANG_SCV_BATCH_SNAPSHOT=1); after
     # it, the result's relay to the next step and its non-blocking D2H
-    "loop.sampling_copy": ("sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo."
-                           "copy_for_forward"),
-    "loop.record_batch": "sglang.srt.managers.scheduler.Scheduler.record_batch_in_overlap",
+    "loop.sampling_copy": TARGETS["sampling_copy"],
+    "loop.record_batch": TARGETS["batch_record"],
     "loop.relay": "sglang.srt.managers.scheduler.Scheduler._relay_forward_payload",
     "loop.copy_to_cpu": "sglang.srt.managers.utils.GenerationBatchResult.copy_to_cpu",
     "spec.ngram.lookup": _spec + "ngram_worker.NGRAMWorker._prepare_draft_tokens",
