@@ -33,6 +33,7 @@ import importlib, sys
 mods = ["sglang.srt.model_executor.model_runner", "sglang.srt.layers.attention.triton_backend",
         "sglang.srt.speculative.spec_utils", "sglang.srt.models.utils",
         "sglang.kernels.ops.speculative.spec_tree", "sglang.srt.managers.scheduler",
+        "sglang.srt.sampling.sampling_batch_info",
         "sglang.srt.model_executor.runner.decode_cuda_graph_runner"]
 # ngram_worker (patch 0007) needs sgl_kernel's CUDA ops to import outside an engine with
 # the CPU test shims; test_patched_tree_plugin_off_matches_upstream covers its site.
