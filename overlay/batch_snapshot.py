@@ -14,7 +14,7 @@ H100 run 68 clocked the last two at 51 and 28 µs a step (8B shape, bs 1); the s
 clock. These do the same with each class's field names read once into an
 ``operator.attrgetter`` (one C call for all the values), the restore one ``__dict__``
 update and the copy made from the instance's ``__dict__``: a step's isolation (snapshot,
-copy, record, restore) 45 -> 18 µs on this project's CPU (0.5.23, pytest-benchmark medians).
+copy, record, restore) 45 -> 15 µs on this project's CPU (0.5.23, pytest-benchmark medians).
 
 The values are the same objects in the same order, the restore is upstream's, and the copy
 is taken only from a plain dataclass instance whose attributes are exactly its fields (what
