@@ -137,9 +137,10 @@ SWITCHES: tuple[Switch, ...] = (
            "loop (bit-identical; upstream's loop is most of NGRAM's draft time at bs >= 32)", _bool),
     Switch("SGLANG_SCV_NGRAM_DRAFT", "ngram_draft", "boolean", "1",
            "NGRAM, with `SGLANG_SCV_NGRAM_MASK` on: the tree links, the full mask and the draft "
-           "tokens' cache locations in one kernel instead of three launches (bit-identical; "
-           "66 -> 40 µs of host time a step in a per-call benchmark on an H100, run 49; end to "
-           "end within the noise, run 56)", _bool),
+           "tokens' cache locations in one kernel instead of three launches, and the drafts and "
+           "tree mask in one host-to-device copy instead of two (bit-identical; 66 -> 40 µs of "
+           "host time a step in a per-call benchmark on an H100, run 49; end to end within the "
+           "noise, run 56; the single copy not yet measured on a GPU)", _bool),
     Switch("SGLANG_SCV_NGRAM_PROMPT_TAIL", "ngram_prompt_tail", "boolean", "1",
            "SGLang 0.5.17 NGRAM (plugin): the draft lookup and corpus update copy only the "
            "prompt tail they read (0.5.23's own change) and hand the draft mask over as bool "

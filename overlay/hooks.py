@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import batch_snapshot, ngram_mask, profiling, scv, sites, sync_check, verify_metadata
+from sglang_nwor_scv import (batch_snapshot, ngram_verify_inputs, profiling, scv, sites, sync_check,
+                             verify_metadata)
 from sglang_nwor_scv.adapters import v0_5_17_ngram
 from sglang_nwor_scv.config import modes
 
@@ -111,7 +112,7 @@ HOOKS = {
     "verify_greedy": around_verify_greedy,
     "graph_capture": around_graph_capture,
     "scheduler_idle": after_scheduler_idle,
-    "ngram_mask": ngram_mask.prepare_with_full_mask_kernel,
+    "ngram_mask": ngram_verify_inputs.prepare_with_full_mask_kernel,
     "ngram_draft_tokens": v0_5_17_ngram.prepare_draft_tokens,  # 0.5.17 only (its adapter)
     "ngram_corpus_update": v0_5_17_ngram.update_ngram_corpus,
     "verify_metadata": verify_metadata.update_target_verify_buffers,  # 0.5.17 only

@@ -8,9 +8,9 @@ or the runner is ineligible.
 This module holds the verify stage's life cycle (open before the verify forward,
 stage each layer's K/V, close after) and names the other sites, which live with
 their jobs: the commit (sglang_nwor_scv.commit), the KV move (.move), graph
-capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask
-(.ngram_mask), the replayed verify graph's attention metadata (.verify_metadata), the
-scheduler's batch snapshot (.batch_snapshot).
+capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask (.ngram_mask)
+and verify inputs (.ngram_verify_inputs), the replayed verify graph's attention
+metadata (.verify_metadata), the scheduler's batch snapshot (.batch_snapshot).
 State lives on the target ``ModelRunner`` (sglang_nwor_scv.state), not in globals.
 """
 
@@ -30,10 +30,9 @@ from sglang_nwor_scv.commit import flush_metrics
 from sglang_nwor_scv.commit import flush_when_idle  # noqa: F401  (call site "scheduler_idle")
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.move import accept_move  # noqa: F401  (call site "accept_move")
-from sglang_nwor_scv.ngram_mask import draft_inputs as ngram_draft_inputs  # noqa: F401
-from sglang_nwor_scv.ngram_mask import draft_wanted as ngram_draft_wanted  # noqa: F401
 from sglang_nwor_scv.ngram_mask import full_mask as ngram_full_mask  # noqa: F401  (site "ngram_mask")
 from sglang_nwor_scv.ngram_mask import wanted as ngram_mask_wanted  # noqa: F401
+from sglang_nwor_scv.ngram_verify_inputs import prepare as ngram_verify_inputs  # noqa: F401
 from sglang_nwor_scv.nwor import StagedLayer, VerifyStage  # noqa: F401  (tests build stages)
 from sglang_nwor_scv.scv import try_verify_greedy  # noqa: F401  (call site "verify_greedy")
 from sglang_nwor_scv.state import (  # noqa: F401  (patched modules call declare_wired)

@@ -12,9 +12,6 @@ mask). Every output buffer starts filled with a sentinel.
 
 from __future__ import annotations
 
-import __future__
-import ast
-
 import pytest
 import torch
 import triton
@@ -83,31 +80,6 @@ def test_the_links_of_a_chain_and_of_a_star():
     assert ri.tolist() == list(range(8))
     assert nxt.tolist() == [1, 2, 3, -1, 1, -1, -1, -1]
     assert sib.tolist() == [-1, -1, -1, -1, -1, 2, 3, -1]
-
-
-@pytest.fixture(scope="module")
-def upstream_reconstruct(request):
-    """Upstream's reconstruction: ``sgl_kernel``'s op on a GPU machine (what 0.5.17 calls),
-    else SGLang 0.5.23's Triton port, compiled from its source without the module's
-    ``sgl_kernel`` import."""
-    if torch.cuda.is_available():
-        from sgl_kernel.speculative import reconstruct_indices_from_tree_mask
-
-        return reconstruct_indices_from_tree_mask
-    path = request.getfixturevalue("upstream")["0.5.23"] / \
-        "python/sglang/kernels/ops/speculative/reconstruct_tree.py"
-    tree = ast.parse(path.read_text())
-    keep = {"_reconstruct_tree_mask_kernel", "_num_warps_for", "reconstruct_indices_from_tree_mask_triton"}
-    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in keep]
-    assert {node.name for node in body} == keep, "0.5.23's reconstruct_tree.py changed"
-    code = compile(ast.Module(body=body, type_ignores=[]), str(path), "exec",
-                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
-    import triton.language as tl
-
-    namespace = {"torch": torch, "triton": triton, "tl": tl, "next_power_of_2": triton.next_power_of_2,
-                 "__name__": "_sglang_0523_reconstruct_tree"}
-    exec(code, namespace)
-    return namespace["reconstruct_indices_from_tree_mask_triton"]
 
 
 @pytest.mark.parametrize("bs,n,lens", CASES[:5])

@@ -138,6 +138,9 @@ def test_latency_tool_attributes_every_phase_plugin_off_and_on(tmp_path, tiny_mo
             if mode == "default":
                 assert ph.get("spec.cache_locs", {}).get("calls", 0) == 0, ph
                 assert ph["kernel.ngram_draft"]["us"] >= ph["kernel.ngram_draft.launch"]["us"] > 0, ph
+                # the drafts and mask in one upload, inside the draft phase
+                assert ph["kernel.ngram_upload"]["calls"] == ph["kernel.ngram_draft"]["calls"], ph
+                assert ph["spec.ngram.draft"]["us"] > ph["kernel.ngram_upload"]["us"] > 0, ph
             # nested, so a parent's self time excludes them (graph.* run on a GPU only)
             assert ph["spec.ngram.draft"]["us"] >= ph["spec.ngram.lookup"]["us"] > 0
             assert ph["spec.ngram.lookup"]["us"] >= ph["spec.ngram.corpus_get"]["us"] > 0

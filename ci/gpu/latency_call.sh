@@ -59,9 +59,9 @@ elif [ "${LATENCY_PART:-main}" = verify-metadata ] || [ "${LATENCY_PART:-main}" 
   if [ "$LATENCY_PART" = verify-metadata ]; then
     T=tests/test_verify_metadata.py; F=default-no-verify-metadata,default
   else
-    T=tests/test_ngram_draft.py; F=default-no-ngram-draft,default
+    T="tests/test_ngram_draft.py tests/test_ngram_verify_inputs.py"; F=default-no-ngram-draft,default
   fi
-  timeout 120 python3 -m pytest -q -p no:cacheprovider "$T" > "$OUT/feature_tests.txt" 2>&1
+  timeout 120 python3 -m pytest -q -p no:cacheprovider $T > "$OUT/feature_tests.txt" 2>&1
   tail -n 3 "$OUT/feature_tests.txt"
   M=plugin-off,$F; S=()
   [ "$MEM" -gt 100000 ] || [ "${VM_SHAPE:-}" = small ] && M=plugin-off,plugin-off-native-move,$F

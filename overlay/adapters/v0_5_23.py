@@ -131,5 +131,8 @@ PHASES = {
     # upstream's spec.cache_locs and the mask kernel's launch do not run
     "kernel.ngram_draft": "sglang_nwor_scv.kernels.ngram_draft.ngram_draft",
     "kernel.ngram_draft.launch": "sglang_nwor_scv.kernels.ngram_draft._launch",
+    # the drafts and tree mask to the device in one copy (ngram_verify_inputs.py): the pinned
+    # staging tensor, the host writes and the copy's dispatch
+    "kernel.ngram_upload": "sglang_nwor_scv.ngram_verify_inputs.DraftUpload.upload",
     "kernel.verify_metadata": "sglang_nwor_scv.kernels.verify_metadata.target_verify_buffers",
 }
