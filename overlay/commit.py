@@ -15,7 +15,8 @@ import logging
 
 import torch
 
-from sglang_nwor_scv import debug_checks, kernel_guard, ngram_mask, scv, sync_check, verify_metadata
+from sglang_nwor_scv import (accept_readback, debug_checks, kernel_guard, ngram_mask, scv, sync_check,
+                             verify_metadata)
 from sglang_nwor_scv.config import modes
 from sglang_nwor_scv.json_file import write_json_atomically
 from sglang_nwor_scv.kernels import launcher
@@ -133,7 +134,8 @@ def flush_metrics(st: RunnerState, log: bool, read_now: bool = False) -> None:
                    scv_kernel=counts["fused"], scv_fallback=counts["fallback"],
                    ngram_mask_kernel=ngram_mask.take_count(),
                    ngram_draft_kernel=ngram_mask.take_count("draft"),
-                   verify_metadata_kernel=verify_metadata.take_count(), host_syncs=sync_check.take())
+                   verify_metadata_kernel=verify_metadata.take_count(),
+                   accept_readback=accept_readback.take_count(), host_syncs=sync_check.take())
     st.flushed_at = st.verify_steps
     per_step = modes().per_step
     if read_now and st.pending is not None and st.pending.is_cuda:

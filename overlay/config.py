@@ -161,6 +161,12 @@ SWITCHES: tuple[Switch, ...] = (
            "and forward-only sampling copy with each class's field names read once (the same "
            "objects; 45 -> 15 µs of host work a step before the verify launch on this "
            "project's CPU, SGLang 0.5.23). Patches 0011 (0.5.17) and 0009 (0.5.23)", _bool),
+    Switch("SGLANG_SCV_ACCEPT_READBACK", "accept_readback", "boolean", "1",
+           "SGLang 0.5.17 NGRAM (plugin, with `SGLANG_SCV_NGRAM_PROMPT_TAIL` on): the draft "
+           "lookup reads the previous step's accepted tokens and lengths from the pinned copies "
+           "the scheduler already made after that step, waiting on its event, instead of two "
+           "synchronous `.cpu()` copies before the verify launch (the same values). Patch 0012",
+           _bool),
     Switch("SGLANG_NWOR_MOVE", "move", "boolean", "1",
            "unstaged steps: replace upstream's post-verify KV move by one launch "
            "that copies only the rows that move", _bool),
@@ -204,6 +210,7 @@ class Modes:
     verify_metadata: bool = True
     cached_launch: bool = True
     batch_snapshot: bool = True
+    accept_readback: bool = True
     debug: bool = False
     step_log: str | None = None
     log_interval: int = 100
@@ -233,7 +240,7 @@ class Modes:
 
 STEP_ASIDE = Modes(nwor="off", scv="off", graph_stage=False, move=False, ngram_mask=False,
                    ngram_draft=False, ngram_prompt_tail=False, verify_metadata=False,
-                   cached_launch=False, batch_snapshot=False)
+                   cached_launch=False, batch_snapshot=False, accept_readback=False)
 
 
 def parse(environ: Mapping[str, str]) -> Modes:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 
-from sglang_nwor_scv import (batch_snapshot, ngram_verify_inputs, profiling, scv, sites, sync_check,
-                             verify_metadata)
+from sglang_nwor_scv import (accept_readback, batch_snapshot, ngram_verify_inputs, profiling, scv, sites,
+                             sync_check, verify_metadata)
 from sglang_nwor_scv.adapters import v0_5_17_ngram
 from sglang_nwor_scv.config import modes
 
@@ -119,6 +119,7 @@ HOOKS = {
     "forward_isolation": around_forward_isolation,
     "batch_record": around_batch_record,
     "sampling_copy": around_sampling_copy,
+    "accept_readback": accept_readback.after_copy_to_cpu,  # 0.5.17 only (its adapter)
 }
 
 
@@ -128,6 +129,7 @@ _SWITCHED_SITES = {  # site -> the Modes field that switches it
     "forward_isolation": "batch_snapshot",
     "batch_record": "batch_snapshot",
     "sampling_copy": "batch_snapshot",
+    "accept_readback": "accept_readback",
 }
 
 

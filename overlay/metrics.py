@@ -32,6 +32,9 @@ _NAMES = {
                            "links, full mask and cache locations one kernel wrote"),
     "verify_metadata_kernel": ("sglang:scv_verify_metadata_kernel_steps", "Replayed verify "
                                "graphs whose attention metadata one kernel filled"),
+    "accept_readback": ("sglang:scv_ngram_lookups_from_copies", "NGRAM draft lookups that read "
+                        "the previous step's accepted tokens from the scheduler's pinned copies "
+                        "(no .cpu())"),
     "launches_kept": ("sglang:scv_kernel_launches_cached", "Plugin kernel launches through the "
                       "compiled kernel kept for their specialisation (SGLANG_SCV_CACHED_LAUNCH)"),
     "launches_triton": ("sglang:scv_kernel_launches_triton", "Plugin kernel launches through "

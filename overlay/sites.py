@@ -10,7 +10,8 @@ stage each layer's K/V, close after) and names the other sites, which live with
 their jobs: the commit (sglang_nwor_scv.commit), the KV move (.move), graph
 capture staging (.graph_stage), SCV's verify (.scv), NGRAM's full mask (.ngram_mask)
 and verify inputs (.ngram_verify_inputs), the replayed verify graph's attention
-metadata (.verify_metadata), the scheduler's batch snapshot (.batch_snapshot).
+metadata (.verify_metadata), the scheduler's batch snapshot (.batch_snapshot), the NGRAM
+lookup's accepted tokens from the scheduler's copy (.accept_readback).
 State lives on the target ``ModelRunner`` (sglang_nwor_scv.state), not in globals.
 """
 
@@ -21,6 +22,8 @@ import logging
 import weakref
 
 from sglang_nwor_scv import debug_checks, graph_stage, sync_check
+from sglang_nwor_scv.accept_readback import host_copies as accept_host_copies  # noqa: F401
+from sglang_nwor_scv.accept_readback import remember as remember_accept_copies  # noqa: F401  (site "accept_readback")
 from sglang_nwor_scv.batch_snapshot import isolated_batch  # noqa: F401  (site "forward_isolation")
 from sglang_nwor_scv.batch_snapshot import record_batch  # noqa: F401  (site "batch_record")
 from sglang_nwor_scv.batch_snapshot import sampling_copy  # noqa: F401  (site "sampling_copy")

@@ -52,7 +52,10 @@ _NO_MASK = {"SGLANG_SCV_NGRAM_MASK": "off", **_NO_VERIFY_METADATA}  # the replay
 _NO_PROMPT_TAIL = {"SGLANG_SCV_NGRAM_PROMPT_TAIL": "off"}
 # the scheduler's batch snapshot with field names read once: plugin code in every release
 _NO_BATCH_SNAPSHOT = {"SGLANG_SCV_BATCH_SNAPSHOT": "off"}
-_NO_EXTRAS = {**_NO_MASK, **_NO_PROMPT_TAIL, **_NO_BATCH_SNAPSHOT}  # what the one-feature modes leave off too
+# 0.5.17 NGRAM's lookup reading the scheduler's pinned copies of the accepted tokens
+_NO_ACCEPT_READBACK = {"SGLANG_SCV_ACCEPT_READBACK": "off"}
+_NO_EXTRAS = {**_NO_MASK, **_NO_PROMPT_TAIL, **_NO_BATCH_SNAPSHOT,
+              **_NO_ACCEPT_READBACK}  # what the one-feature modes leave off too
 _OFF = {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_EXTRAS}
 _NATIVE = {"SGLANG_NATIVE_MOVE_KV_CACHE": "1"}
 MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave the rest off
@@ -70,6 +73,8 @@ MODES = {  # name -> (plugin loaded, environment); the one-feature modes leave t
     "default-no-prompt-tail": (True, _NO_PROMPT_TAIL),
     # the default before the twenty-second session: upstream's batch snapshot and sampling copy
     "default-no-batch-snapshot": (True, _NO_BATCH_SNAPSHOT),
+    # the default before the twenty-third session: the lookup's two .cpu() copies
+    "default-no-accept-readback": (True, _NO_ACCEPT_READBACK),
     "move": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_SCV_MODE": "off", **_NO_EXTRAS}),
     "nwor": (True, {"SGLANG_SCV_MODE": "off", **_NO_EXTRAS}),
     "scv": (True, {"SGLANG_NWOR_MODE": "off", "SGLANG_NWOR_MOVE": "off", **_NO_EXTRAS}),

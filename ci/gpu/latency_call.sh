@@ -21,6 +21,9 @@
 #       methods and bool mask: default with and without, beside plugin-off, 2,048-token prompts)
 #   LATENCY_PART=batch-snapshot bash ci/gpu/latency_call.sh OUT  (the scheduler's batch snapshot
 #       with field names read once: default with and without, beside plugin-off, bs 1 and 32)
+#   LATENCY_PART=accept-readback bash ci/gpu/latency_call.sh OUT  (0.5.17 NGRAM's lookup reading
+#       the scheduler's pinned copies of the accepted tokens: its tests, then default with and
+#       without, beside plugin-off, bs 1 and 32)
 #   LATENCY_PART=small-bs1 bash ci/gpu/latency_call.sh OUT  (the same shape at bs 1 only, 20
 #       rounds of plugin-off, native move and default: run 36 could not resolve bs 1)
 # An H100 holds three resident 8B engines at bs 1-32 and two at bs 128 (measure_latency.py's
@@ -36,12 +39,16 @@ bash ci/gpu/card.sh "$OUT"
 L=(python3 tools/measure_latency.py --layers 32 --spec ngram-tree-n8 --tokens 512 --start-timeout 200 \
   --target-ci-points 2 "$@")
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${LATENCY_PART:-main}" = batch-snapshot ]; then
-  # the scheduler's batch snapshot, record and sampling copy with field names read once
-  # (SGLANG_SCV_BATCH_SNAPSHOT, on by default), with and without, beside plugin-off
+if [ "${LATENCY_PART:-main}" = batch-snapshot ] || [ "${LATENCY_PART:-main}" = accept-readback ]; then
+  # one host-path feature of the default, with and without, beside plugin-off: the scheduler's
+  # batch snapshot, record and sampling copy with field names read once
+  # (SGLANG_SCV_BATCH_SNAPSHOT), or 0.5.17 NGRAM's lookup reading the scheduler's copies of
+  # the accepted tokens (SGLANG_SCV_ACCEPT_READBACK; its tests first); both on by default
+  [ "$LATENCY_PART" = batch-snapshot ] || timeout 60 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_accept_readback.py > "$OUT/feature_tests.txt" 2>&1
   timeout -k 15 480 "${L[@]}" --out "$OUT/n" \
-    --modes plugin-off,default-no-batch-snapshot,default --bs 1,32 --repeats 40 \
-    --deadline-s 460 > "$OUT/n.log" 2>&1
+    --modes "plugin-off,default-no-$LATENCY_PART,default" --bs 1,32 --repeats 40 \
+    --deadline-s 430 > "$OUT/n.log" 2>&1
 elif [ "${LATENCY_PART:-main}" = prompt-tail ]; then
   # 0.5.17 NGRAM's prompt-tail methods and bool mask (SGLANG_SCV_NGRAM_PROMPT_TAIL, on by
   # default), with and without, beside plugin-off: 2,048-token prompts, where the whole-prompt

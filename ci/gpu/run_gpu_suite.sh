@@ -46,7 +46,7 @@ python3 tools/make_tiny_models.py .fixtures/tiny > /dev/null 2>&1
 KERNEL_TESTS=${KERNEL_TESTS:-tests/gpu/test_commit_kv_gpu.py tests/gpu/test_verify_accept_gpu.py \
   tests/gpu/test_commit_list_gpu.py tests/gpu/test_move_kv_gpu.py tests/gpu/bench_commit_kv.py \
   tests/gpu/bench_verify_accept.py tests/gpu/bench_move_kv.py tests/gpu/bench_ngram_mask.py tests/gpu/bench_sampling_path.py tests/bench_host_cost.py \
-  tests/test_counter_reads.py tests/test_verify_metadata.py tests/test_ngram_draft.py tests/test_ngram_verify_inputs.py}
+  tests/test_counter_reads.py tests/test_verify_metadata.py tests/test_ngram_draft.py tests/test_ngram_verify_inputs.py tests/test_accept_readback.py}
 step kernels "${KERNELS_TIMEOUT:-400}" python3 -m pytest -q -s -p no:cacheprovider $KERNEL_TESTS \
   --benchmark-enable --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
   --benchmark-json="$OUT/bench.json" --junitxml="$OUT/kernels.xml"

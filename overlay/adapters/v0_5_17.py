@@ -26,6 +26,11 @@ TARGETS = {
     # 0.5.23 gathers through a KV-location plan and is not hooked.
     "verify_metadata": ("sglang.srt.layers.attention.triton_backend.TritonAttnBackend."
                         "_update_target_verify_buffers"),
+    # What: the scheduler's copy of a step's result to pinned host memory (overlap and sync).
+    # Why: the next NGRAM draft lookup reads the same accepted tokens and lengths with two
+    # synchronous .cpu() copies before the verify launch; with SGLANG_SCV_ACCEPT_READBACK=1
+    # it takes these copies instead (accept_readback.py). 0.5.23's lookup is not the plugin's.
+    "accept_readback": "sglang.srt.managers.utils.GenerationBatchResult.copy_to_cpu",
 }
 
 PHASES = v0_5_23.PHASES  # the same names and places in 0.5.17

@@ -11,7 +11,10 @@ Upstream slices before it copies since 0.5.2x (0.5.23:
 ``list(req.origin_input_ids_unpadded[-self.max_trie_depth :])``).
 
 These are 0.5.17's own method bodies with that change, so the corpus sees the same
-tokens, and one more: the draft tree mask comes back as booleans. 0.5.17's corpus wrapper
+tokens, and two more. The previous step's accepted tokens and lengths come from
+``accept_readback.host_copies`` (the scheduler's pinned copies when they are of the same
+tensors, else upstream's ``.cpu()``; ``SGLANG_SCV_ACCEPT_READBACK``). And the draft tree
+mask comes back as booleans. 0.5.17's corpus wrapper
 (``kernels/ops/speculative/ngram_corpus.py``) widens the C++ uint8 mask to int64, and the
 caller's ``tree_mask.copy_(torch.from_numpy(mask), non_blocking=True)`` into its bool device
 buffer then takes PyTorch's cross-dtype path: a device temporary, an eight-times larger
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sglang_nwor_scv import accept_readback
 from sglang_nwor_scv.config import modes
 
 
@@ -41,13 +45,8 @@ def prepare_draft_tokens(original, self, batch):
     stride = self.draft_token_num
     depth = self.max_trie_depth
 
-    prev_token_ids, prev_accept_lens = (
-        batch.spec_info.accept_tokens,
-        batch.spec_info.accept_lens,
-    )
-    if not prev_token_ids.is_cpu:
-        prev_token_ids = prev_token_ids.cpu()
-        prev_accept_lens = prev_accept_lens.cpu()
+    # 0.5.17: the two tensors' .cpu(); the same values from the scheduler's pinned copies
+    prev_token_ids, prev_accept_lens = accept_readback.host_copies(batch.spec_info)
     self.prev_token_ids = prev_token_ids.tolist()
     self.prev_accept_lens = prev_accept_lens.tolist()
 

@@ -134,5 +134,8 @@ PHASES = {
     # the drafts and tree mask to the device in one copy (ngram_verify_inputs.py): the pinned
     # staging tensor, the host writes and the copy's dispatch
     "kernel.ngram_upload": "sglang_nwor_scv.ngram_verify_inputs.DraftUpload.upload",
+    # inside spec.ngram.lookup on 0.5.17: the previous step's accepted tokens and lengths on
+    # the host (the scheduler's pinned copies after a wait on their event, or .cpu())
+    "spec.ngram.readback": "sglang_nwor_scv.accept_readback.host_copies",
     "kernel.verify_metadata": "sglang_nwor_scv.kernels.verify_metadata.target_verify_buffers",
 }

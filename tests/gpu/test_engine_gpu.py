@@ -157,6 +157,11 @@ def test_ngram_draft_kernel_identity_under_graphs(tiny_models, tmp_path):
     assert off.outputs == on.outputs
     assert t["ngram_draft_kernel"] == t["verify_steps"] > 0, t
     _check_steps(on.steps, graph=True)
+    from sglang_nwor_scv.versions import installed_sglang_version
+
+    if installed_sglang_version() == "0.5.17":  # the plugin's lookup (prompt-tail adapter)
+        # read the scheduler's copies of the accepted tokens, not .cpu() (accept_readback.py)
+        assert t["accept_readback"] > 0, t
 
 
 def test_verify_metadata_kernel_identity_under_graphs(tiny_models, tmp_path):
