@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from sglang_nwor_scv import accept_readback, sites
 from sglang_nwor_scv.adapters import v0_5_17_ngram
 from tools.measure_latency import bootstrap_ci
 
@@ -46,13 +47,18 @@ def upstream_methods(upstream) -> dict:
 
 @pytest.fixture(scope="module")
 def patched_methods(upstream, tmp_path_factory) -> dict:
-    """The same methods after patches 0007 and 0008 (the patch series' way in)."""
+    """The same methods after patches 0007, 0008 and 0012's lookup hunk (the patch series' way
+    in; 0012's other file, managers/utils.py, is tests/test_accept_readback.py's)."""
     root = tmp_path_factory.mktemp("sglang-0.5.17-patched")
     (root / _WORKER).parent.mkdir(parents=True)
     shutil.copy(upstream["0.5.17"] / _WORKER, root / _WORKER)
-    for name in ("0007-ngram-worker-full-mask-kernel.patch", "0008-ngram-worker-prompt-tail.patch"):
-        patch = Path(__file__).resolve().parents[1] / "patches/sglang-0.5.17" / name
-        subprocess.run(["patch", "-d", str(root), "-p1", "-s", "--fuzz=0", "-i", str(patch)], check=True)
+    series = Path(__file__).resolve().parents[1] / "patches/sglang-0.5.17"
+    texts = [(series / name).read_text() for name in ("0007-ngram-worker-full-mask-kernel.patch",
+                                                      "0008-ngram-worker-prompt-tail.patch")]
+    readback = (series / "0012-ngram-lookup-accept-readback.patch").read_text()
+    texts.append(readback[readback.index(f"--- a/{_WORKER}"):])
+    for text in texts:
+        subprocess.run(["patch", "-d", str(root), "-p1", "-s", "--fuzz=0"], input=text, text=True, check=True)
     return _compiled(root / _WORKER)
 
 
@@ -64,7 +70,7 @@ def _compiled(path: Path) -> dict:
     module = ast.Module(body=defs, type_ignores=[])
     code = compile(module, str(path), "exec", flags=__future__.annotations.compiler_flag,
                    dont_inherit=True)
-    namespace = {"np": np, "torch": torch, "List": list}
+    namespace = {"np": np, "torch": torch, "List": list, "_nwor_sites": sites}
     exec(code, namespace)
     return {name: namespace[name] for name in _NAMES}
 
@@ -121,6 +127,16 @@ def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, patched_method
     prompt_lens = [rng.choice([1, 2, depth - 1 or 1, depth, depth + 1, 300]) for _ in range(bs)]
     output_lens = [rng.choice([0, 1, depth, 2 * depth + 3]) for _ in range(bs)]
     batch = _batch(bs, n, prompt_lens, output_lens, rng)
+    # the scheduler's copies of the previous step's accepted tokens (accept_readback.py): the
+    # plugin's and the patched lookup read these, upstream's reads the draft input's own
+    spec = batch.spec_info
+    done = torch.cpu.Event()
+    done.record()
+    accept_readback.take_count()
+    accept_readback.remember(SimpleNamespace(next_draft_input=spec, copy_done=done,
+                                             next_token_ids=spec.accept_tokens.clone(),
+                                             accept_lens=spec.accept_lens.clone()),
+                             spec.accept_tokens, spec.accept_lens)
     results, copied = [], []
     for prepare, update in ((upstream_methods["_prepare_draft_tokens"],
                              upstream_methods["_update_ngram_corpus"]),
@@ -137,6 +153,7 @@ def test_the_corpus_sees_what_upstream_hands_it(upstream_methods, patched_method
         tree_mask.copy_(torch.from_numpy(mask), non_blocking=True)  # upstream's copy
         copied.append((mask.dtype, tree_mask))
     assert results[0] == results[1] == results[2]
+    assert accept_readback.take_count() == 2  # the plugin's lookup and the patched one
     assert copied[0][0] == np.int64 and copied[1][0] == copied[2][0] == np.bool_
     assert torch.equal(copied[0][1], copied[1][1]) and torch.equal(copied[0][1], copied[2][1])
     assert 0 < int(copied[0][1].sum()) < copied[0][1].numel()  # both values occur
